@@ -1,0 +1,46 @@
+"""The `litprune` command: `fit`, `validate`, `test` (LightningCLI) and litprune's own subcommands.
+
+    litprune fit --config configs/experiment/tiny_scratch.yaml      train one run (resume: --ckpt_path last)
+    litprune eval --model runs/tiny_scratch/export --tasks offline   lm-eval tasks and perplexity of a model
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of `litprune` and `python -m litprune`.
+
+    User errors (bad values in a config, missing files) are printed as one clear message without a traceback;
+    set LITPRUNE_DEBUG=1 to see the traceback.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    try:
+        _dispatch(argv, args is None)
+    except (ValueError, FileNotFoundError) as error:
+        if os.environ.get("LITPRUNE_DEBUG"):
+            raise
+        print(f"litprune: error: {error}", file=sys.stderr)
+        print("(set LITPRUNE_DEBUG=1 to see the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _dispatch(argv: list[str], from_command_line: bool) -> None:
+    import warnings
+
+    # Noise from Lightning's own internals on current torch; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+    if argv and argv[0] == "eval":
+        from jsonargparse import CLI
+
+        from litprune.eval.run import run_eval
+
+        CLI(run_eval, args=argv[1:], prog="litprune eval")
+        return
+    from litprune.cli.lightning_cli import LitpruneCLI
+
+    # LightningCLI warns when given args while sys.argv also has some; the launcher of DDP workers re-runs
+    # the command line, so pass args only when called from Python.
+    LitpruneCLI(args=None if from_command_line else argv)

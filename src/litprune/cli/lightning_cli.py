@@ -1,0 +1,184 @@
+"""`litprune fit|validate|test`: LightningCLI with litprune's defaults and early checks.
+
+Configs compose: `litprune fit --config configs/trainer/cpu.yaml --config configs/model/tiny.yaml ...`; later
+files and command-line flags override earlier ones. Model and data are chosen by `class_path`, so any
+LightningModule or LightningDataModule can be plugged in.
+
+What litprune adds to plain LightningCLI:
+- a run directory (`trainer.default_root_dir`) with `config.yaml`, `checkpoints/` (atomic writes, `last.ckpt`),
+  an append-only `metrics.jsonl`, and at the end `export/` (Hugging Face format) and `results.json`;
+- runs sized by a token budget (`model.init_args.max_tokens`), converted to steps before anything is built;
+- checks before any work: budget smaller than a step or not a whole number of steps, sequence length above
+  the model's positions, reusing a run directory without resuming, resuming with different model/data settings;
+- a final validation pass after fit, so every run ends with a measured validation loss.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from litprune.callbacks.export import HFExport
+from litprune.callbacks.progress import TokenProgressBar
+from litprune.cli.run_config import (
+    RunConfig,
+    config_differences,
+    load_checkpoint_meta,
+    resolve_resume_checkpoint,
+    trained_settings,
+)
+from litprune.data.datamodule import TokenDataModule
+from litprune.modules.causal_lm import CausalLM, check_vocab
+from litprune.training.budget import TokenBudget
+from litprune.training.checkpoint_io import AtomicCheckpointIO
+from litprune.training.metrics_logger import MetricsLogger
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "default_root_dir": "runs/default",
+    "max_epochs": -1,
+    "gradient_clip_val": 1.0,
+    "num_sanity_val_steps": 0,
+    "log_every_n_steps": 10,
+    "val_check_interval": 200,
+    "check_val_every_n_epoch": None,
+}
+
+
+class LitpruneCLI(LightningCLI):
+    """LightningCLI for token-budgeted causal-LM runs (see the module docstring)."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            model_class=CausalLM,
+            datamodule_class=TokenDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=RunConfig,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults=TRAINER_DEFAULTS,
+            seed_everything_default=0,
+            auto_configure_optimizers=False,
+            load_from_checkpoint_support=False,
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.every_n_train_steps": 100,
+            "checkpoint.save_last": True,
+            "checkpoint.save_top_k": 0,
+        })
+        parser.add_lightning_class_args(HFExport, "export")
+
+    def _parse_ckpt_path(self) -> None:
+        """Keep the given config as is: differences from the checkpoint are reported in `before_fit`."""
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        config = self._get(self.config_init, "trainer", default={})
+        run_dir = str(config.get("default_root_dir") or "runs/default")
+        if config.get("logger") in (None, True):
+            kwargs["logger"] = MetricsLogger(save_dir=run_dir)
+        if not config.get("plugins") and not _is_sharded(config.get("strategy")):
+            kwargs["plugins"] = [AtomicCheckpointIO()]
+        callbacks = list(config.get("callbacks") or [])
+        if config.get("enable_progress_bar", True) is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
+            callbacks.append(TokenProgressBar())
+        kwargs["callbacks"] = callbacks
+        return super().instantiate_trainer(**kwargs)
+
+    # --------------------------------------------------------------------------------------------- checks
+    def before_fit(self) -> None:
+        trainer, model, datamodule = self.trainer, self.model, self.datamodule
+        if isinstance(model, CausalLM) and datamodule is not None:
+            budget = TokenBudget(
+                max_tokens=model.max_tokens,
+                seq_len=int(datamodule.seq_len),
+                micro_batch_size=int(datamodule.micro_batch_size),
+                accumulate_grad_batches=trainer.accumulate_grad_batches,
+                world_size=trainer.world_size,
+            )
+            trainer.fit_loop.epoch_loop.max_steps = budget.steps
+            _check_positions(model, int(datamodule.seq_len))
+            _check_explicit_vocab(model, datamodule)
+        self._check_run_dir()
+
+    def _check_run_dir(self) -> None:
+        trainer = self.trainer
+        checkpoint_dir = Path(trainer.checkpoint_callback.dirpath or Path(trainer.default_root_dir) / "checkpoints")
+        ckpt_arg = self.config_init[self.subcommand].get("ckpt_path")
+        resume_from = resolve_resume_checkpoint(ckpt_arg, checkpoint_dir)
+        if resume_from is None:
+            existing = sorted(checkpoint_dir.glob("*.ckpt")) if checkpoint_dir.is_dir() else []
+            if existing and ckpt_arg != "last":
+                raise ValueError(
+                    f"The run directory {trainer.default_root_dir!r} already holds checkpoints "
+                    f"({existing[-1].name}). Resume it with --ckpt_path last, or set --trainer.default_root_dir "
+                    "to a new directory."
+                )
+            return
+        if isinstance(self.model, CausalLM):
+            self.model.resume_checkpoint = str(resume_from)
+        saved = load_checkpoint_meta(resume_from).get("config")
+        if saved is None:
+            return
+        current = trained_settings(self._parser(self.subcommand).dump(self.config[self.subcommand]))
+        differences = config_differences(saved, current)
+        if differences:
+            listing = "\n  ".join(differences)
+            raise ValueError(
+                f"Cannot resume from {resume_from}: the model/data settings differ from the checkpoint's:\n"
+                f"  {listing}\nResume with the original settings (the run's config.yaml), or start a new run in "
+                "another --trainer.default_root_dir."
+            )
+
+    # ------------------------------------------------------------------------------------------ after fit
+    def after_fit(self) -> None:
+        trainer, model, datamodule = self.trainer, self.model, self.datamodule
+        metrics: dict[str, Any] = {}
+        if datamodule is not None and getattr(datamodule, "val_slice", None) and not trainer.interrupted:
+            results = trainer.validate(model, datamodule=datamodule, verbose=False)
+            metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks
+        if trainer.is_global_zero and not trainer.interrupted:
+            record = {
+                "run": model.run_record() if hasattr(model, "run_record") else {},
+                "final": metrics,
+                "data": datamodule.record() if hasattr(datamodule, "record") else None,
+                "export": str(run_dir / self._get(self.config_init, "export").dirname),
+            }
+            tmp = run_dir / ".results.json.tmp"
+            tmp.write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+            tmp.replace(run_dir / "results.json")
+
+
+def _check_positions(model: CausalLM, seq_len: int) -> None:
+    if not model.init_strategy.needs_architecture:
+        return
+    config = model.architecture(vocab_size=256)
+    if seq_len > config.max_position_embeddings:
+        raise ValueError(
+            f"data.init_args.seq_len={seq_len} exceeds the model's max_position_embeddings="
+            f"{config.max_position_embeddings} (preset {model.preset!r}). Lower seq_len or override "
+            "max_position_embeddings in model.init_args.overrides."
+        )
+
+
+def _check_explicit_vocab(model: CausalLM, datamodule: Any) -> None:
+    vocab = model.overrides.get("vocab_size")
+    if vocab is None or not model.init_strategy.needs_architecture or not hasattr(datamodule, "load_tokenizer"):
+        return
+    check_vocab(int(vocab), len(datamodule.load_tokenizer()))
+
+
+def _is_sharded(strategy: Any) -> bool:
+    name = strategy if isinstance(strategy, str) else type(strategy).__name__
+    return "fsdp" in str(name).lower() or "modelparallel" in str(name).lower()
+

@@ -1,0 +1,326 @@
+"""`TokenDataModule`: packed token windows over named, disjoint token slices, exactly resumable.
+
+Pipeline: text (embedded corpus, local files, or a hub dataset) -> `prepare_tokens` (tokenize once, uint16/uint32
+memory-mapped shards + manifest, cached) -> named slices (token ranges of a split, checked disjoint) -> windows
+of `seq_len + 1` tokens with stride `seq_len` (input = w[:-1], labels = w[1:]) -> a seeded order reshuffled every
+epoch over the slice -> each process reads its own micro-batches of the one global stream.
+
+Exact resume: the data position (windows consumed by all processes) is counted when a batch actually enters
+the training step (`on_after_batch_transfer`, after Lightning's one-batch prefetch), stored in the checkpoint
+through `state_dict`, and the next run's stream starts exactly there: no window is re-read or skipped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from litprune.data.order import WindowOrder, rank_microbatches
+from litprune.data.prepare import TextSource, prepare_tokens, resolve_files
+from litprune.data.slices import ResolvedSlice, TokenSlice, default_slices, num_windows, resolve_slices, window_tokens
+from litprune.data.store import TokenStore
+
+
+class TokenDataModule(LightningDataModule):
+    """Token windows for causal-LM training, sized and ordered for token-budgeted runs.
+
+    With no `source`, trains on the embedded corpus: the Python standard library source of the running
+    interpreter (test suites excluded), split by file into train/val/test, tokenized by a byte-level BPE that
+    litprune trains on the train split and caches.
+
+    Args:
+        source: where the text comes from: `{kind: embedded}` (default), `{kind: files, files: {train: [a.jsonl],
+            val: [b.jsonl]}}`, or `{kind: hub, hub_path: ..., hub_splits: {train: "train[:1%]"}}`.
+        tokenizer: a Hugging Face tokenizer directory or hub id; None trains (once, cached) a byte-level BPE on
+            the embedded corpus's train split.
+        vocab_size: vocabulary of the trained BPE (only when `tokenizer` is None).
+        seq_len: tokens per training sequence (each window holds seq_len + 1 tokens).
+        micro_batch_size: sequences per process per forward pass.
+        slices: named token ranges, e.g. `{pretrain: {split: train, start: 0, end: 2000000}, retrain: {split:
+            train, start: 2000000}}`; slices over one split must not overlap. Default: one slice per split.
+        train_slice: slice read for training.
+        val_slice: slice for validation (null: no validation).
+        test_slice: slice for `litprune test` (null: none).
+        seed: seed of the training order (same slice and seed: same order, in every arm).
+        val_max_windows: cap on validation windows (the first ones of the slice, in order); null: all.
+        num_workers: DataLoader worker processes.
+        cache_dir: where tokenizers and token shards are cached (default `$LITPRUNE_CACHE` or ~/.cache/litprune).
+    """
+
+    def __init__(
+        self,
+        source: TextSource | None = None,
+        tokenizer: str | None = None,
+        vocab_size: int = 4096,
+        seq_len: int = 256,
+        micro_batch_size: int = 8,
+        slices: dict[str, TokenSlice] | None = None,
+        train_slice: str = "train",
+        val_slice: str | None = "val",
+        test_slice: str | None = "test",
+        seed: int = 0,
+        val_max_windows: int | None = 64,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        problems = []
+        for name, value in (("seq_len", seq_len), ("micro_batch_size", micro_batch_size), ("vocab_size", vocab_size)):
+            if not isinstance(value, int) or value < 1:
+                problems.append(f"data.{name}={value!r} must be a positive integer")
+        if val_max_windows is not None and val_max_windows < 1:
+            problems.append(f"data.val_max_windows={val_max_windows!r} must be positive or null")
+        if num_workers < 0:
+            problems.append(f"data.num_workers={num_workers!r} must be >= 0")
+        if problems:
+            raise ValueError("Invalid data settings: " + "; ".join(problems) + ".")
+        self.source = source if source is not None else TextSource(kind="embedded")
+        if self.source.kind == "files":
+            resolve_files(self.source)  # a missing data path fails here, before any tokenizer is trained
+        self.tokenizer_name = tokenizer
+        self.vocab_size = vocab_size
+        self.seq_len = seq_len
+        self.micro_batch_size = micro_batch_size
+        self.slice_specs = dict(slices) if slices else None
+        self.train_slice, self.val_slice, self.test_slice = train_slice, val_slice, test_slice
+        self.seed = seed
+        self.val_max_windows = val_max_windows
+        self.num_workers = num_workers
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self.tokenizer: Any = None
+        self.store_path: Path | None = None
+        self.slices: dict[str, ResolvedSlice] = {}
+        self._order: WindowOrder | None = None
+        self.position = 0  # training windows consumed by all processes together
+        self._loaded_state: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------------------------------- preparing
+    def load_tokenizer(self) -> Any:
+        """Return the run's tokenizer (training and caching the embedded BPE on first use)."""
+        if self.tokenizer is None:
+            if self.tokenizer_name is None:
+                from litprune.data.tokenizer import embedded_tokenizer
+
+                cache = self.cache_dir / "tokenizers" if self.cache_dir else None
+                self.tokenizer = embedded_tokenizer(self.vocab_size, cache_dir=cache)
+            else:
+                from transformers import AutoTokenizer
+
+                self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_name)
+        return self.tokenizer
+
+    @property
+    def tokenizer_dir(self) -> str:
+        """Where the tokenizer loads from: its directory or hub id (the embedded BPE's cache directory)."""
+        if self.tokenizer_name is not None:
+            return self.tokenizer_name
+        from litprune.data.tokenizer import embedded_tokenizer_path
+
+        cache = self.cache_dir / "tokenizers" if self.cache_dir else None
+        return str(embedded_tokenizer_path(self.vocab_size, cache_dir=cache))
+
+    def prepare_data(self) -> None:
+        prepare_tokens(self.source, self.load_tokenizer(), out_root=self._tokens_root())
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.store_path is not None:
+            return
+        self.store_path = prepare_tokens(self.source, self.load_tokenizer(), out_root=self._tokens_root())
+        store = TokenStore(self.store_path)
+        specs = self.slice_specs if self.slice_specs is not None else default_slices(store)
+        self.slices = resolve_slices(specs, store)
+        for role, name in (
+            ("train_slice", self.train_slice),
+            ("val_slice", self.val_slice),
+            ("test_slice", self.test_slice),
+        ):
+            if name is not None and name not in self.slices:
+                raise ValueError(
+                    f"data.{role}={name!r} is not a defined slice; defined slices: {sorted(self.slices)}. "
+                    "Name one of them or add it under data.slices."
+                )
+            if name is not None and num_windows(self.slices[name].tokens, self.seq_len) < 1:
+                raise ValueError(
+                    f"Slice {name!r} has {self.slices[name].tokens} tokens, fewer than one window of seq_len + 1 = "
+                    f"{self.seq_len + 1}. Enlarge the slice or lower data.seq_len."
+                )
+        self._order = WindowOrder(num_windows(self.slices[self.train_slice].tokens, self.seq_len), self.seed)
+        if self._loaded_state is not None:
+            self._check_state(self._loaded_state)
+
+    def _tokens_root(self) -> Path | None:
+        return self.cache_dir / "tokens" if self.cache_dir else None
+
+    # ------------------------------------------------------------------------------------------ dataloaders
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        stream = _TrainStream(
+            store_path=self.store_path,
+            window_slice=self.slices[self.train_slice],
+            seq_len=self.seq_len,
+            order=self._order,
+            start_position=self.position,
+            rank=rank,
+            world_size=world,
+            micro_batch_size=self.micro_batch_size,
+        )
+        return DataLoader(
+            stream, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._eval_loader(self.val_slice)
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._eval_loader(self.test_slice)
+
+    def _eval_loader(self, name: str | None) -> DataLoader | list:
+        if name is None:
+            return []
+        resolved = self.slices[name]
+        count = num_windows(resolved.tokens, self.seq_len)
+        if self.val_max_windows is not None:
+            count = min(count, self.val_max_windows)
+        dataset = _EvalWindows(self.store_path, resolved, self.seq_len, count)
+        return DataLoader(dataset, batch_size=self.micro_batch_size, shuffle=False, num_workers=self.num_workers)
+
+    # --------------------------------------------------------------------------------------------- position
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = self.trainer
+        if trainer is not None and trainer.training and not trainer.sanity_checking:
+            self.position += int(batch["input_ids"].shape[0]) * trainer.world_size
+        return batch
+
+    @property
+    def train_windows(self) -> int:
+        """Windows in one epoch over the training slice."""
+        if self._order is None:
+            raise RuntimeError("Call setup() before asking for the number of training windows.")
+        return self._order.num_windows
+
+    def epochs_read(self) -> float:
+        """Passes over the training slice so far (fractional)."""
+        return self.position / self.train_windows
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "train_slice": self.train_slice,
+            "train_range": list(self._slice_range(self.train_slice)),
+            "seq_len": self.seq_len,
+            "seed": self.seed,
+            "train_windows": self.train_windows,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded_state = dict(state_dict)
+        self.position = int(state_dict["position"])
+        if self._order is not None:
+            self._check_state(self._loaded_state)
+
+    def _check_state(self, state: dict[str, Any]) -> None:
+        current = {k: v for k, v in self.state_dict().items() if k != "position"}
+        saved = {k: state.get(k) for k in current}
+        differ = {k: (saved[k], current[k]) for k in current if saved[k] != current[k]}
+        if differ:
+            details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differ.items())
+            raise ValueError(
+                f"The checkpoint's data position belongs to a different data stream ({details}). Resume with the "
+                "data settings the run was started with, or start a new run without --ckpt_path."
+            )
+
+    def _slice_range(self, name: str) -> tuple[str, int, int]:
+        s = self.slices[name]
+        return (s.split, s.start, s.end)
+
+    # ------------------------------------------------------------------------------------------- provenance
+    def record(self) -> dict[str, Any]:
+        """JSON-serialisable provenance of the data a run read (stored in checkpoints and exports)."""
+        from litprune.data.slices import disjointness_record
+        from litprune.data.tokenizer import tokenizer_identity
+
+        store = TokenStore(self.store_path)
+        record: dict[str, Any] = {
+            "source": store.manifest.get("source"),
+            "source_fingerprint": store.manifest.get("source_fingerprint"),
+            "prepared_dir": str(self.store_path),
+            "tokenizer": tokenizer_identity(self.tokenizer),
+            "vocab_size": len(self.tokenizer),
+            "seq_len": self.seq_len,
+            "micro_batch_size": self.micro_batch_size,
+            "seed": self.seed,
+            "slices": {n: {"split": s.split, "start": s.start, "end": s.end} for n, s in self.slices.items()},
+            "disjointness": disjointness_record(self.slices),
+            "train_slice": self.train_slice,
+            "train_windows_per_epoch": self.train_windows,
+            "train_windows_read": self.position,
+            "train_tokens_read": self.position * self.seq_len,
+            "epochs": {self.train_slice: self.epochs_read()},
+        }
+        if self.source.kind == "embedded":
+            from litprune.data.corpus import corpus_fingerprint
+
+            record["corpus"] = corpus_fingerprint()
+        return record
+
+
+class _TrainStream(IterableDataset):
+    """One process's infinite stream of training micro-batches, starting at a global position.
+
+    With several DataLoader workers, worker w yields micro-batches w, w + W, ...; PyTorch's loader interleaves
+    workers round-robin, so the stream order is unchanged.
+    """
+
+    def __init__(
+        self,
+        store_path: Path,
+        window_slice: ResolvedSlice,
+        seq_len: int,
+        order: WindowOrder,
+        start_position: int,
+        rank: int,
+        world_size: int,
+        micro_batch_size: int,
+    ) -> None:
+        self.store_path = store_path
+        self.window_slice = window_slice
+        self.seq_len = seq_len
+        self.order = order
+        self.start_position = start_position
+        self.rank, self.world_size = rank, world_size
+        self.micro_batch_size = micro_batch_size
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        store = TokenStore(self.store_path)
+        batches = rank_microbatches(self.order, self.start_position, self.rank, self.world_size, self.micro_batch_size)
+        for k, indices in enumerate(batches):
+            if k % workers != worker:
+                continue
+            windows = np.stack([window_tokens(store, self.window_slice, int(i), self.seq_len) for i in indices])
+            tensor = torch.from_numpy(windows.astype(np.int64))
+            yield {"input_ids": tensor[:, :-1], "labels": tensor[:, 1:]}
+
+
+class _EvalWindows(Dataset):
+    """The first `count` windows of a slice, in order (validation and test)."""
+
+    def __init__(self, store_path: Path, window_slice: ResolvedSlice, seq_len: int, count: int) -> None:
+        self.store_path, self.window_slice, self.seq_len, self.count = store_path, window_slice, seq_len, count
+        self._store: TokenStore | None = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if self._store is None:
+            self._store = TokenStore(self.store_path)
+        window = torch.from_numpy(window_tokens(self._store, self.window_slice, index, self.seq_len).astype(np.int64))
+        return {"input_ids": window[:-1], "labels": window[1:]}

@@ -1,0 +1,401 @@
+"""`litprune eval`: evaluate a saved model (an exported Hugging Face directory or a litprune Lightning checkpoint)
+on lm-eval tasks and windowed perplexities, and write one JSON record of everything needed to compare runs.
+
+The record states, for each task, the metric, value, standard error, example counts, task version and lm-eval
+version; for each perplexity, the source, split, window length, window count and token counts; and for the
+model, a sha256 fingerprint of its weights, its parameter counts and, when the run that produced it left a
+record (`litprune.json` in an exported directory, the `litprune` entry of a checkpoint), its token counts.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from litprune.eval.borrow import check_tokenizer_fits, resolve_device
+from litprune.eval.offline_tasks import DEFAULT_MAX_EXAMPLES, prepare_offline_task
+from litprune.eval.perplexity import PAPER_MAX_WINDOWS, perplexity, window_length_for
+from litprune.eval.tasks import resolve_tasks
+from litprune.eval.text_sources import TextSource, load_documents, load_text_source, parse_source_spec
+
+PAPER_PERPLEXITY_SOURCES = ("c4", "wikitext", "cnn_dailymail")
+RECORD_FORMAT = "litprune-eval/1"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    """A model loaded for evaluation, with where it came from.
+
+    Attributes:
+        model: the Hugging Face causal LM.
+        tokenizer: its tokenizer.
+        kind: `hf_dir` or `lightning_ckpt`.
+        fingerprint: sha256 hex digest identifying the weights.
+        fingerprint_of: what was hashed.
+        run_record: the producing run's record (`litprune.json` or the checkpoint's `litprune` entry), if any.
+        run_record_source: where that record was read from.
+    """
+
+    model: Any
+    tokenizer: Any
+    kind: str
+    fingerprint: str
+    fingerprint_of: str
+    run_record: dict[str, Any] | None
+    run_record_source: str | None
+
+
+def run_eval(
+    model: str,
+    tasks: list[str] | str | None = None,
+    perplexity: list[str] | str | None = None,
+    out: str | None = None,
+    batch_size: int = 16,
+    limit: int | None = None,
+    device: str = "auto",
+    seq_len: int | None = None,
+    max_windows: int = PAPER_MAX_WINDOWS,
+    num_fewshot: int = 0,
+    task_documents: str | None = None,
+    max_examples: int = DEFAULT_MAX_EXAMPLES,
+    tokenizer: str | None = None,
+    dtype: str = "auto",
+    ppl_batch_size: int = 1,
+    add_bos_token: bool | None = None,
+) -> dict:
+    """Evaluate a saved model on lm-eval tasks and perplexities and write the results as JSON.
+
+    Args:
+        model: an exported Hugging Face model directory (config.json + safetensors + tokenizer files), or a
+            litprune Lightning checkpoint (`.ckpt`).
+        tasks: task names or presets: `paper` (the paper's eight zero-shot tasks, downloaded from the hub),
+            `offline` (litprune's next-line and next-span tasks built from held-out text, no download), any
+            lm-eval task name, or `name:metric`; a list or one comma-separated string (`--tasks offline`,
+            `--tasks offline,paper`). Default: `paper`. An empty list runs no task.
+        perplexity: text sources for windowed perplexity: `c4`, `wikitext`, `wikitext2`, `wikitext103-raw`,
+            `cnn_dailymail`, `embedded` (each optionally `:split`; hub corpora default to the train split, as in
+            the paper), or a path to a .txt/.jsonl file or a directory of text files. Default: c4, wikitext and
+            cnn_dailymail. An empty list computes none.
+        out: where to write the JSON record. Default: `eval.json` inside a model directory, or
+            `<checkpoint name>.eval.json` beside a checkpoint.
+        batch_size: lm-eval requests per forward pass.
+        limit: evaluate only the first N examples of each task (quick checks; the record says so).
+        device: `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`.
+        seq_len: perplexity window length in tokens; default the paper's 8192, or the model's context length
+            (`max_position_embeddings`) when that is shorter. An explicit value above the context length fails.
+        max_windows: at most this many perplexity windows per source (the paper: 256).
+        num_fewshot: few-shot examples per task prompt (the paper: 0).
+        task_documents: text to build the offline tasks from (any `perplexity` source spec, usually a
+            directory of held-out files). Default: the held-out split of litprune's embedded corpus.
+        max_examples: examples per generated offline task.
+        tokenizer: tokenizer directory; default the one saved with the model (or named in the checkpoint).
+        dtype: weights dtype for evaluation: `auto` (as saved), `float32`, `bfloat16` or `float16`.
+        ppl_batch_size: perplexity windows per forward pass.
+        add_bos_token: put a BOS token in front of every task request (true) or never (false); default: whatever
+            the tokenizer does on its own, as lm-eval's CLI does. Perplexity always starts with one BOS.
+
+    Returns:
+        The record that was written (a dict; see the module docstring).
+
+    Raises:
+        ValueError: every invalid argument at once, an unknown task (with close matches) or text source, a
+            tokenizer that does not fit the model, or a window longer than the model's context.
+        FileNotFoundError: the model path does not exist.
+    """
+    tasks = ["paper"] if tasks is None else _names(tasks)
+    perplexity = list(PAPER_PERPLEXITY_SOURCES) if perplexity is None else _names(perplexity)
+    _check_arguments(
+        batch_size=batch_size,
+        limit=limit,
+        seq_len=seq_len,
+        max_windows=max_windows,
+        num_fewshot=num_fewshot,
+        max_examples=max_examples,
+        dtype=dtype,
+        ppl_batch_size=ppl_batch_size,
+        device=device,
+    )
+    model_path = Path(model).expanduser()
+    if not model_path.exists():
+        raise FileNotFoundError(f"model={model!r}: no such file or directory.")
+    # Everything that can fail without the model fails here, before any weights are loaded.
+    specs = resolve_tasks(tasks) if tasks else []
+    for spec in perplexity:
+        parse_source_spec(spec)
+    sources = [load_text_source(spec) for spec in perplexity]
+    documents = load_documents(task_documents) if task_documents is not None else None
+    offline = {s.name: prepare_offline_task(s.name, documents, max_examples=max_examples) for s in specs if s.offline}
+
+    loaded = load_for_eval(model_path, tokenizer=tokenizer, dtype=dtype)
+    target = resolve_device(device)
+    loaded.model.to(target)
+    check_tokenizer_fits(loaded.model, loaded.tokenizer)
+    window = window_length_for(loaded.model, seq_len)
+
+    from litprune.eval.harness import run_specs
+
+    task_results = []
+    if specs:
+        task_results = run_specs(
+            loaded.model, loaded.tokenizer, specs, offline, batch_size, limit, num_fewshot, add_bos_token=add_bos_token
+        )
+    ppl_results = [
+        perplexity_entry(loaded.model, loaded.tokenizer, source, window, max_windows, ppl_batch_size)
+        for source in sources
+    ]
+    record = {
+        "format": RECORD_FORMAT,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "model": _model_entry(model_path, loaded),
+        "training": _training_entry(loaded),
+        "settings": {
+            "batch_size": batch_size,
+            "limit": limit,
+            "num_fewshot": num_fewshot,
+            "seq_len": window,
+            "max_windows": max_windows,
+            "device": str(target),
+            "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
+            "task_documents": task_documents or "embedded:test",
+            "max_examples": max_examples,
+            "add_bos_token": add_bos_token,
+        },
+        "tasks": [
+            {
+                **result.to_dict(),
+                **({"offline_data": _offline_entry(offline[result.task])} if result.task in offline else {}),
+            }
+            for result in task_results
+        ],
+        "perplexity": ppl_results,
+    }
+    destination = Path(out) if out is not None else default_output_path(model_path)
+    write_json_atomic(record, destination)
+    return record
+
+
+def perplexity_entry(
+    model: Any, tokenizer: Any, source: TextSource, seq_len: int, max_windows: int, batch_size: int
+) -> dict:
+    """One perplexity result as a JSON-ready dict, with the source's origin and document count."""
+    result = perplexity(model, tokenizer, source, seq_len, max_windows, batch_size)
+    return {**result.to_dict(), "origin": source.origin, "documents": len(source.documents)}
+
+
+def load_for_eval(path: str | Path, tokenizer: str | None = None, dtype: str = "auto") -> LoadedModel:
+    """Load an exported HF directory or a litprune `.ckpt` (CPU), with its tokenizer, fingerprint and record.
+
+    A checkpoint is read with `torch.load(weights_only=True)`; its `state_dict` holds the HF model under the
+    prefix `model.`, its `litprune` entry the HF config (`hf_config`) and the tokenizer directory
+    (`tokenizer_dir`, used unless `tokenizer` is given).
+
+    Raises:
+        FileNotFoundError: nothing at `path`, or no tokenizer can be found.
+        ValueError: a directory without config.json, or a checkpoint without the entries above.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path} has no config.json; point model= at an exported Hugging Face model directory.")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto" if dtype == "auto" else _DTYPES[dtype])
+        tok = AutoTokenizer.from_pretrained(tokenizer or path)
+        fingerprint, of = _directory_fingerprint(path)
+        record_path = path / "litprune.json"
+        record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else None
+        return LoadedModel(model.eval(), tok, "hf_dir", fingerprint, of, record, str(record_path) if record else None)
+    if path.suffix != ".ckpt":
+        raise ValueError(f"{path} is neither a model directory nor a .ckpt checkpoint.")
+    return _load_checkpoint(path, tokenizer, dtype)
+
+
+def default_output_path(model_path: Path) -> Path:
+    """`<dir>/eval.json` for a model directory, `<name>.eval.json` beside a checkpoint."""
+    return model_path / "eval.json" if model_path.is_dir() else model_path.with_suffix(".eval.json")
+
+
+def write_json_atomic(record: dict, destination: str | Path) -> Path:
+    """Write `record` as JSON to a temporary file beside `destination`, then rename it into place."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(record, handle, indent=2, default=str)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, destination)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return destination
+
+
+def token_counts(record: dict[str, Any] | None) -> dict[str, int]:
+    """Every integer field whose name mentions tokens, found anywhere in a run record, by dotted path."""
+    found: dict[str, int] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "hf_config":
+                    continue
+                path = f"{prefix}.{key}" if prefix else str(key)
+                if isinstance(value, int) and not isinstance(value, bool) and "token" in str(key):
+                    found[path] = value
+                else:
+                    walk(value, path)
+
+    walk(record, "")
+    return found
+
+
+def _load_checkpoint(path: Path, tokenizer: str | None, dtype: str) -> LoadedModel:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors come in several types
+        raise ValueError(f"Could not read {path} with torch.load(weights_only=True): {err}") from err
+    record = checkpoint.get("litprune")
+    if not isinstance(record, dict) or "hf_config" not in record:
+        raise ValueError(
+            f"{path} has no checkpoint['litprune']['hf_config']; it was not written by a litprune LightningModule. "
+            "Export the model as a Hugging Face directory and evaluate that instead."
+        )
+    config_dict = dict(record["hf_config"])
+    model_type = config_dict.pop("model_type", "llama")
+    config = LlamaConfig(**config_dict) if model_type == "llama" else AutoConfig.for_model(model_type, **config_dict)
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    if not state:
+        raise ValueError(f"{path}: no 'model.'-prefixed weights in the checkpoint's state_dict.")
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(state, strict=True)
+    saved_dtype = next(v.dtype for v in state.values() if v.is_floating_point())
+    model.to(saved_dtype if dtype == "auto" else _DTYPES[dtype])
+    tokenizer_dir = tokenizer or record.get("tokenizer_dir")
+    if tokenizer_dir is None:
+        raise FileNotFoundError(
+            f"{path} names no tokenizer (checkpoint['litprune']['tokenizer_dir']); pass tokenizer=<directory>."
+        )
+    tokenizer_path = Path(tokenizer_dir).expanduser()
+    if not tokenizer_path.is_absolute() and not tokenizer_path.exists():
+        tokenizer_path = path.parent / tokenizer_path
+    tok = AutoTokenizer.from_pretrained(tokenizer_path)
+    run_record = {k: v for k, v in record.items() if k != "hf_config"}
+    return LoadedModel(
+        model.eval(), tok, "lightning_ckpt", _state_fingerprint(state), "state_dict tensors", run_record, str(path)
+    )
+
+
+def _directory_fingerprint(path: Path) -> tuple[str, str]:
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    kind = "safetensors files" if files and files[0].suffix == ".safetensors" else "weight files"
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode("utf-8") + b"\0")
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest(), kind
+
+
+def _state_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().contiguous().cpu()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def _model_entry(path: Path, loaded: LoadedModel) -> dict[str, Any]:
+    from litprune.models.params import count_parameters
+
+    return {
+        "path": str(path.resolve()),
+        "kind": loaded.kind,
+        "fingerprint": f"sha256:{loaded.fingerprint}",
+        "fingerprint_of": loaded.fingerprint_of,
+        "parameters": count_parameters(loaded.model).as_dict(),
+        "architecture": type(loaded.model).__name__,
+    }
+
+
+def _training_entry(loaded: LoadedModel) -> dict[str, Any] | None:
+    if loaded.run_record is None:
+        return None
+    run = loaded.run_record.get("run", loaded.run_record)
+    return {
+        "record": loaded.run_record_source,
+        "arm": run.get("arm") if isinstance(run, dict) else None,
+        "tokens_seen": run.get("tokens_seen") if isinstance(run, dict) else None,
+        "token_counts": token_counts(loaded.run_record),
+    }
+
+
+def _offline_entry(task: Any) -> dict[str, Any]:
+    return {
+        "fingerprint": task.fingerprint,
+        "examples": task.num_examples,
+        "documents": task.num_documents,
+        "path": str(task.data_path),
+    }
+
+
+def _versions() -> dict[str, str]:
+    import lm_eval
+    import transformers
+
+    import litprune
+
+    return {
+        "litprune": litprune.__version__,
+        "lm_eval": lm_eval.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def _check_arguments(**values: Any) -> None:
+    problems = []
+    for name in ("batch_size", "max_windows", "max_examples", "ppl_batch_size"):
+        value = values[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            problems.append(f"{name}={value!r} must be a positive integer")
+    seq_len = values["seq_len"]
+    if seq_len is not None and (not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 2):
+        problems.append(f"seq_len={seq_len!r} must be an integer of at least 2 (or unset)")
+    limit = values["limit"]
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        problems.append(f"limit={limit!r} must be a positive integer or None")
+    fewshot = values["num_fewshot"]
+    if not isinstance(fewshot, int) or fewshot < 0:
+        problems.append(f"num_fewshot={fewshot!r} must be 0 or more")
+    if values["dtype"] != "auto" and values["dtype"] not in _DTYPES:
+        problems.append(f"dtype={values['dtype']!r} must be one of auto, {', '.join(_DTYPES)}")
+    try:
+        resolve_device(values["device"])
+    except ValueError as err:
+        problems.append(str(err))
+    if problems:
+        raise ValueError("Invalid evaluation settings:\n  " + "\n  ".join(problems))
+
+
+def _names(value: list[str] | str) -> list[str]:
+    """A list of names from a list or a comma-separated string (what a shell user types)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return list(value)

@@ -1,0 +1,323 @@
+"""The LightningModule every litprune arm trains: a Hugging Face causal LM plus the paper's recipe.
+
+The module is thin. The architecture is a named preset plus overrides; the first weights come from an
+*initialisation strategy* (random for `S_N` arms, pruned-from-parent for `P_M-R_N` arms, or any HF
+checkpoint); the run is sized by a token budget. Everything else (data, checkpointing, export, masks) lives in
+the data module and callbacks.
+
+Batches are `{"input_ids": [B, T], "labels": [B, T]}` with labels already shifted (packed windows of T + 1
+tokens), so every position is a predicted token and `tokens_seen` counts exactly B x T per micro-batch per process.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from transformers import LlamaConfig, PreTrainedModel
+
+from litprune.models.init import InitResult, InitStrategy, RandomInit
+from litprune.models.params import count_parameters
+from litprune.models.presets import build_llama_config
+from litprune.training.budget import TokenBudget
+from litprune.training.lr_schedule import WarmupCosine
+
+
+class CausalLM(LightningModule):
+    """Train a Hugging Face causal LM (Llama family) for an exact token budget.
+
+    Defaults follow the paper's recipe: AdamW (0.9, 0.95), eps 1e-8, weight decay 0.1 on all parameters,
+    peak LR 3e-4, warmup min(5% of steps, 2000) with a quadratic ramp, cosine to 0.1 x peak over the whole run.
+    Gradient clipping (1.0) is the Trainer's `gradient_clip_val`.
+
+    Args:
+        preset: named architecture (`tiny`, `small`, `llama3.1-8b`, `llama3.1-8b-depth16`, `llama3.1-8b-width`);
+            ignored by inits that load their architecture (from_pretrained, pruned).
+        overrides: LlamaConfig fields replacing the preset's, e.g. `{num_hidden_layers: 2}`.
+        init: initialisation strategy (`class_path` + `init_args`); default: `RandomInit(seed=0)`.
+        max_tokens: training tokens of this run (the N of `S_N` / `P_M-R_N`); must be a whole number of
+            optimizer steps (micro_batch_size x accumulate_grad_batches x devices x seq_len).
+        lr: peak learning rate.
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        weight_decay: decoupled weight decay, applied to every parameter as in the paper.
+        warmup_fraction: warmup as a share of the run's steps.
+        max_warmup_steps: cap on warmup steps.
+        min_lr_ratio: final LR as a fraction of `lr`.
+        activation_checkpointing: recompute decoder activations in backward (saves memory at scale).
+        arm: a label for reports, in the paper's notation (e.g. `S_N`, `P_M-R_N`, `P_M`).
+    """
+
+    def __init__(
+        self,
+        preset: str | None = "tiny",
+        overrides: dict[str, Any] | None = None,
+        init: InitStrategy | None = None,
+        max_tokens: int = 1_048_576,
+        lr: float = 3e-4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        weight_decay: float = 0.1,
+        warmup_fraction: float = 0.05,
+        max_warmup_steps: int = 2000,
+        min_lr_ratio: float = 0.1,
+        activation_checkpointing: bool = False,
+        arm: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["init"])
+        self.preset = preset
+        self.overrides = dict(overrides or {})
+        self.init_strategy = init if init is not None else RandomInit(seed=0)
+        self.max_tokens = int(max_tokens)
+        self.lr, self.betas, self.eps, self.weight_decay = float(lr), tuple(betas), float(eps), float(weight_decay)
+        self.schedule_args = {
+            "warmup_fraction": float(warmup_fraction),
+            "max_warmup_steps": int(max_warmup_steps),
+            "min_lr_ratio": float(min_lr_ratio),
+        }
+        WarmupCosine(total_steps=1, **self.schedule_args)  # validates the schedule arguments now
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens={max_tokens!r} must be a positive number of training tokens.")
+        if lr <= 0:
+            raise ValueError(f"lr={lr!r} must be positive.")
+        self.activation_checkpointing = bool(activation_checkpointing)
+        self.arm = arm
+        self.model: PreTrainedModel | None = None
+        self.init_record: dict[str, Any] = {}
+        self.init_tokens: dict[str, int] = {}
+        self.pruning_masks: dict[str, torch.Tensor] = {}
+        self.tokens_seen = 0
+        # Set by `litprune fit --ckpt_path`: the model is then built from the checkpoint's architecture and its
+        # weights come from the checkpoint, so a pruned init is not pruned (nor its parent loaded) again.
+        self.resume_checkpoint: str | None = None
+        self.budget: TokenBudget | None = None
+        self._tokens_at_last_log = 0
+        self._time_at_last_log: float | None = None
+        self._val_sum = 0.0
+        self._val_count = 0
+
+    # ----------------------------------------------------------------------------------------- model building
+    def architecture(self, vocab_size: int | None = None) -> LlamaConfig | None:
+        """The configured architecture (preset + overrides), or None for inits that load their own."""
+        if not self.init_strategy.needs_architecture:
+            return None
+        if self.preset is None:
+            raise ValueError("model.init_args.preset is null but the init strategy needs an architecture.")
+        return build_llama_config(self.preset, self.overrides, vocab_size=vocab_size)
+
+    def configure_model(self) -> None:
+        """Build the HF model once (also under FSDP's sharded-init context); idempotent."""
+        if self.model is not None:
+            return
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        vocab = len(tokenizer) if tokenizer is not None else None
+        if self.resume_checkpoint is not None:
+            result = skeleton_from_checkpoint(self.resume_checkpoint)
+        else:
+            result = self.init_strategy.build(self.architecture(vocab_size=vocab), datamodule)
+        self.attach(result)
+        if tokenizer is not None:
+            check_vocab(self.model.config.vocab_size, len(tokenizer))
+        seq_len = getattr(datamodule, "seq_len", None)
+        max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        if seq_len is not None and max_positions is not None and seq_len > max_positions:
+            raise ValueError(
+                f"data seq_len={seq_len} exceeds the model's max_position_embeddings={max_positions}. Lower "
+                "seq_len, or raise max_position_embeddings in model overrides (scratch inits only)."
+            )
+
+    def attach(self, result: InitResult) -> None:
+        """Adopt an initialisation's model, provenance and masks (mask keys re-prefixed with `model.`)."""
+        self.model = result.model
+        self.model.config.use_cache = False
+        if self.activation_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.init_record = dict(result.record)
+        self.init_tokens = dict(result.tokens)
+        self.pruning_masks = {f"model.{name}": mask for name, mask in result.masks.items()}
+
+    def parameter_counts(self) -> dict[str, int]:
+        if self.model is None:
+            raise RuntimeError("The model is not built yet; call configure_model() first.")
+        return count_parameters(self.model).as_dict()
+
+    # ----------------------------------------------------------------------------------------------- budget
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        trainer = self.trainer
+        seq_len, micro_batch = _datamodule_shape(trainer)
+        self.budget = TokenBudget(
+            max_tokens=self.max_tokens,
+            seq_len=seq_len,
+            micro_batch_size=micro_batch,
+            accumulate_grad_batches=trainer.accumulate_grad_batches,
+            world_size=trainer.world_size,
+        )
+        requested = trainer.fit_loop.epoch_loop.max_steps
+        if requested not in (-1, None, self.budget.steps):
+            raise ValueError(
+                f"trainer.max_steps={requested} conflicts with the token budget: max_tokens={self.max_tokens:,} is "
+                f"{self.budget.steps} steps of {self.budget.tokens_per_step:,} tokens. Remove trainer.max_steps; "
+                "litprune sizes runs by model.init_args.max_tokens."
+            )
+        trainer.fit_loop.epoch_loop.max_steps = self.budget.steps
+
+    # --------------------------------------------------------------------------------------------- training
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, use_cache=False).logits
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self(batch["input_ids"])
+        return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten())
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/ppl", torch.exp(loss.detach().clamp(max=50)))
+        # Counted here, before any on_train_batch_end callback (ModelCheckpoint saves there). Every process
+        # reads windows of the same shape, so the global count is exact without a collective.
+        self.tokens_seen += batch["labels"].numel() * self.trainer.world_size
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._log_throughput()
+
+    def _log_throughput(self) -> None:
+        trainer = self.trainer
+        if trainer.fit_loop._should_accumulate() or trainer.global_step % max(1, trainer.log_every_n_steps):
+            return
+        now = time.perf_counter()
+        metrics: dict[str, float] = {"train/tokens_seen": self.tokens_seen}
+        if self._time_at_last_log is not None and now > self._time_at_last_log:
+            metrics["train/tokens_per_s"] = (self.tokens_seen - self._tokens_at_last_log) / (
+                now - self._time_at_last_log
+            )
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        if optimizer is not None:
+            metrics["train/lr"] = optimizer.param_groups[0]["lr"]
+        self._time_at_last_log, self._tokens_at_last_log = now, self.tokens_seen
+        if trainer.is_global_zero:
+            # Lightning's self.log stores numbers as float32 (inexact above 16M tokens): log ints directly, at
+            # the step index Lightning uses for the batch's other metrics.
+            step = trainer.fit_loop.epoch_loop._batches_that_stepped
+            for logger in self.loggers:
+                logger.log_metrics(metrics, step=step)
+
+    def on_train_start(self) -> None:
+        self._time_at_last_log, self._tokens_at_last_log = time.perf_counter(), self.tokens_seen
+
+    # ------------------------------------------------------------------------------------------- evaluation
+    def on_validation_epoch_start(self) -> None:
+        self._val_sum, self._val_count = 0.0, 0
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def _eval_step(self, batch: dict[str, torch.Tensor]) -> None:
+        loss = self._loss(batch)
+        self._val_sum += loss.item() * batch["labels"].numel()
+        self._val_count += batch["labels"].numel()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._val_sum, self._val_count = 0.0, 0
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    def _log_eval(self, prefix: str) -> None:
+        # Token-weighted mean over all processes (each holds its own sum and count).
+        totals = torch.tensor([self._val_sum, float(self._val_count)], dtype=torch.float64, device=self.device)
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        if totals[1] > 0:
+            loss = (totals[0] / totals[1]).item()
+            self.log(f"{prefix}/loss", loss, prog_bar=True)
+            self.log(f"{prefix}/ppl", math.exp(min(loss, 50.0)))
+
+    # ------------------------------------------------------------------------------------------- optimizer
+    def configure_optimizers(self) -> dict[str, Any]:
+        if self.budget is None:
+            raise RuntimeError("configure_optimizers needs the token budget; it is set in setup('fit').")
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay
+        )
+        schedule = WarmupCosine(total_steps=self.budget.steps, **self.schedule_args)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def run_record(self) -> dict[str, Any]:
+        """Provenance of this model: arm, init, budget, exact tokens seen, parameter counts."""
+        return {
+            "arm": self.arm,
+            "init": self.init_record,
+            "init_tokens": self.init_tokens,
+            "max_tokens": self.max_tokens,
+            "tokens_seen": self.tokens_seen,
+            "steps": self.budget.steps if self.budget else None,
+            "tokens_per_step": self.budget.tokens_per_step if self.budget else None,
+            "parameters": self.parameter_counts() if self.model is not None else None,
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        record = checkpoint.setdefault("litprune", {})
+        record.update(self.run_record())
+        record["hf_config"] = self.model.config.to_dict()
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        tokenizer_dir = getattr(datamodule, "tokenizer_dir", None)
+        if tokenizer_dir is not None:
+            record["tokenizer_dir"] = str(tokenizer_dir)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        record = checkpoint.get("litprune", {})
+        self.tokens_seen = int(record.get("tokens_seen", 0))
+        self.init_record = dict(record.get("init") or self.init_record)
+        self.init_tokens = dict(record.get("init_tokens") or self.init_tokens)
+
+
+def skeleton_from_checkpoint(path: str) -> InitResult:
+    """A randomly initialised model with the architecture stored in a litprune checkpoint (weights load later)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    record = dict(checkpoint.get("litprune", {}))
+    if "hf_config" not in record:
+        raise ValueError(f"Checkpoint {path} has no litprune record (hf_config); it was not written by litprune fit.")
+    fields = dict(record["hf_config"])
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return InitResult(model=model, record=dict(record.get("init") or {}), tokens=dict(record.get("init_tokens") or {}))
+
+
+def check_vocab(model_vocab: int, tokenizer_vocab: int) -> None:
+    """Raise unless every token id of the tokenizer has an embedding row."""
+    if tokenizer_vocab > model_vocab:
+        raise ValueError(
+            f"The tokenizer has {tokenizer_vocab} tokens but the model's vocab_size is {model_vocab}: ids above "
+            f"{model_vocab - 1} would index past the embedding. Set model overrides vocab_size >= {tokenizer_vocab} "
+            "(or leave it unset on tiny/small presets to take the tokenizer's size), or use a matching tokenizer."
+        )
+
+
+def _datamodule_shape(trainer: Any) -> tuple[int, int]:
+    datamodule = getattr(trainer, "datamodule", None)
+    seq_len = getattr(datamodule, "seq_len", None)
+    micro_batch = getattr(datamodule, "micro_batch_size", None)
+    if seq_len is None or micro_batch is None:
+        raise ValueError(
+            "CausalLM sizes its run in tokens and needs a data module exposing `seq_len` and `micro_batch_size` "
+            "(litprune.data.TokenDataModule does). Pass one to trainer.fit(datamodule=...)."
+        )
+    return int(seq_len), int(micro_batch)

@@ -1,0 +1,1 @@
+"""Pruning methods as pure functions: scores, masks, shapes. No Lightning here."""

@@ -1,0 +1,435 @@
+"""Structured pruned initialisations (`P_M-R_N`) and their matching scratch baselines (`S_N`) for `litprune fit`.
+
+A pruned arm and its scratch twin name the same parent and the same target, so they train the same module tree
+with the same data and recipe; only the first weights differ:
+
+```yaml
+# P_M-R_N: prune the parent by depth at ratio 0.5, then retrain
+init:
+  class_path: litprune.pruning.structured_init.StructuredPrune
+  init_args:
+    parent: runs/tiny_scratch/export
+    method: minitron_depth          # or shortgpt, minitron_width
+    ratio: 0.5
+    calibration: {slice: train, nsamples: 64, seqlen: 128}
+# S_N: the architecture that pruning produces, from random init
+init:
+  class_path: litprune.pruning.structured_init.ScratchTarget
+  init_args: {parent: runs/tiny_scratch/export, method: depth, ratio: 0.5, seed: 0}
+```
+
+Both read their architecture from the parent, so the model's `preset` is ignored (set `preset: null`). Checks
+against the parent (model family, a target shape that exists, calibration window length) run when the strategy is
+constructed if the parent is already on disk, and again when the run builds the model, before any calibration
+pass. The run's tokenizer must be the parent's: a different vocabulary size, or a different tokenizer where the
+parent records one (its exported tokenizer files or `litprune.json`), is an error.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+
+from litprune.models.init import InitResult, InitStrategy, RandomInit, check_model_family, load_causal_lm
+from litprune.models.params import count_parameters
+from litprune.pruning.calibration_data import Calibration
+from litprune.pruning.scorers import check_scorer
+from litprune.pruning.shapes import ShapePlan, check_convention, check_ratio_open, solve_shape
+from litprune.pruning.structured import STRUCTURED_METHODS, prune_structured
+
+# Target keys each kind of shape accepts (see `litprune.pruning.shapes.solve_shape`).
+TARGET_KEYS: dict[str, tuple[str, ...]] = {
+    "depth": ("num_hidden_layers",),
+    "width": ("hidden_size", "intermediate_size", "num_key_value_heads"),
+}
+
+
+class StructuredPrune(InitStrategy):
+    """Prune a dense parent by depth or width and start the run from the result (a `P_M-R_N` arm).
+
+    `build` loads the parent, draws calibration windows from the run's own data (`calibration.slice`), prunes
+    with `litprune.pruning.structured.prune_structured` and hands over an ordinary model of the parent's class.
+    The run record (`export/litprune.json`, `results.json`) then holds the pruning record (method, requested and
+    achieved ratio under both conventions, kept layers or sizes, scores), the parent's path and its own run
+    record if it is a litprune export, and the calibration provenance; the calibration tokens enter the run's
+    token ledger as `init_tokens.calibration`.
+
+    Args:
+        parent: the dense parent: a Hugging Face checkpoint directory or a litprune export (`<run dir>/export`),
+            loaded in fp32 with `litprune.models.init.load_causal_lm`.
+        method: "minitron_depth" (drop the contiguous block whose removal changes the score least), "shortgpt"
+            (drop the layers of lowest Block Influence) or "minitron_width" (keep the most important hidden
+            channels and MLP neurons).
+        ratio: pruned fraction of parameters under `convention`, in (0, 1); the paper uses 0.5 to 0.8.
+        target: explicit shape instead of (or, for width, together with) `ratio`: `{num_hidden_layers: k}` for
+            depth; `hidden_size` and/or `intermediate_size` (optionally `num_key_value_heads`) for width.
+        convention: "non_embedding" (default, as in the paper) or "total": the parameter count `ratio` refers to.
+        calibration: which tokens to calibrate on (default `Calibration()`: 128 windows of 256 tokens of the
+            `train` slice, seed 0).
+        scorer: Minitron-depth window score; "perplexity" on the calibration windows (the only built-in name).
+        batch_size: calibration windows per forward pass (the reference uses 1; Minitron-width is sensitive to it).
+
+    Raises:
+        ValueError: unknown method (close matches are suggested), ratio outside (0, 1), neither ratio nor target,
+            target keys that do not fit the method, unknown convention or scorer, bad batch size; and, when the
+            parent is on disk, a parent that is not a Llama-layout model or a target that cannot be reached (for
+            example a ratio that leaves no layer). All argument problems are reported together.
+    """
+
+    def __init__(
+        self,
+        parent: str,
+        method: str,
+        ratio: float | None = None,
+        target: dict[str, int] | None = None,
+        convention: str = "non_embedding",
+        calibration: Calibration | None = None,
+        scorer: str = "perplexity",
+        batch_size: int = 1,
+    ) -> None:
+        problems = _check_target_arguments(parent, method, ratio, target, convention, accept_kinds=False)
+        if method == "minitron_depth":
+            try:
+                check_scorer(scorer)
+            except ValueError as err:
+                problems.append(str(err))
+        elif scorer != "perplexity":
+            problems.append(
+                f"scorer={scorer!r} only applies to method 'minitron_depth'; {method!r} scores from its calibration "
+                "pass. Remove scorer."
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            problems.append(f"batch_size={batch_size!r} must be a positive integer (the reference uses 1).")
+        if calibration is None:
+            calibration = Calibration()
+        elif isinstance(calibration, dict):
+            try:
+                calibration = Calibration(**calibration)
+            except (TypeError, ValueError) as err:
+                problems.append(f"calibration={calibration!r}: {err} (fields: slice, nsamples, seqlen, seed).")
+        elif not isinstance(calibration, Calibration):
+            problems.append(f"calibration={calibration!r} must be a Calibration (slice, nsamples, seqlen, seed).")
+        if problems:
+            raise ValueError("StructuredPrune: " + " ".join(problems))
+        self.parent = str(parent)
+        self.method = method
+        self.ratio = None if ratio is None else float(ratio)
+        self.target = dict(target) if target else None
+        self.convention = convention
+        self.calibration = calibration
+        self.scorer = scorer
+        self.batch_size = batch_size
+        if _local_config_path(self.parent) is not None:
+            self.plan()
+
+    @property
+    def needs_architecture(self) -> bool:
+        return False
+
+    @property
+    def kind(self) -> str:
+        """The kind of shape the method produces: "depth" or "width"."""
+        return STRUCTURED_METHODS[self.method]
+
+    def plan(self) -> ShapePlan:
+        """Solve the target shape from the parent's config alone (no weights are read).
+
+        Raises:
+            FileNotFoundError: no checkpoint at `parent`.
+            ValueError: the parent is not a Llama-layout model, the target cannot be reached, or a calibration
+                window is longer than the parent's positions.
+        """
+        config = read_parent_config(self.parent)
+        self.calibration.check_positions(getattr(config, "max_position_embeddings", None))
+        return solve_shape(config, self.kind, ratio=self.ratio, target=self.target, convention=self.convention)
+
+    def build(self, config: PretrainedConfig | None = None, data: Any = None) -> InitResult:
+        """Load the parent, calibrate on the run's data, prune; `config` is ignored (the parent defines it)."""
+        parent_config = read_parent_config(self.parent)
+        self.plan()
+        max_positions = getattr(parent_config, "max_position_embeddings", None)
+        check_run_data(self.parent, parent_config, data)
+        windows, provenance = self.calibration.draw(data, max_positions=max_positions)
+        model = load_causal_lm(self.parent)
+        # The freshly loaded parent is not needed afterwards: prune depth in place to hold one copy in memory.
+        pruned, record = prune_structured(
+            model,
+            self.method,
+            ratio=self.ratio,
+            target=self.target,
+            windows=windows,
+            convention=self.convention,
+            scorer=self.scorer,
+            batch_size=self.batch_size,
+            inplace=True,
+        )
+        del model
+        pruned.train()  # from_pretrained returns eval mode; the run trains the model
+        record = {
+            "strategy": "structured_prune",
+            "parent": parent_record(self.parent),
+            **record,
+            "calibration": {**provenance, **(record.get("calibration") or {})},
+        }
+        return InitResult(model=pruned, record=record, tokens={"calibration": self.calibration.tokens})
+
+
+class ScratchTarget(InitStrategy):
+    """The scratch baseline (`S_N`) of a structured pruned arm: the pruned architecture from random init.
+
+    Only the parent's `config.json` is read (never its weights); the target shape is solved exactly as
+    `StructuredPrune` solves it, and the model is built with the parent's class and config fields (rotary
+    settings, tied embeddings, ...) and initialised by `RandomInit(seed, scheme)`. So the scratch and the pruned
+    arm of the same parent, method and ratio have identical parameter names and shapes. Both depth methods give
+    the same shape, so one scratch run serves Minitron-depth and ShortGPT.
+
+    Args:
+        parent: the parent checkpoint directory (or litprune export) whose pruned shape to train.
+        method: "depth" or "width", or a structured method name ("minitron_depth", "shortgpt", "minitron_width").
+        ratio: pruned fraction of parameters under `convention`, as for `StructuredPrune`.
+        target: explicit shape, as for `StructuredPrune`.
+        convention: "non_embedding" (default) or "total".
+        seed: seed of the random init.
+        scheme: "normal" (Hugging Face's N(0, 0.02^2)) or "fan_in" (the paper's MaxText init).
+
+    Raises:
+        ValueError: as `StructuredPrune` for method, ratio, target and convention; unknown scheme.
+    """
+
+    def __init__(
+        self,
+        parent: str,
+        method: str,
+        ratio: float | None = None,
+        target: dict[str, int] | None = None,
+        convention: str = "non_embedding",
+        seed: int = 0,
+        scheme: Literal["normal", "fan_in"] = "normal",
+    ) -> None:
+        problems = _check_target_arguments(parent, method, ratio, target, convention, accept_kinds=True)
+        try:
+            self.random_init = RandomInit(seed=seed, scheme=scheme)
+        except ValueError as err:
+            problems.append(str(err))
+        if problems:
+            raise ValueError("ScratchTarget: " + " ".join(problems))
+        self.parent = str(parent)
+        self.method = method
+        self.ratio = None if ratio is None else float(ratio)
+        self.target = dict(target) if target else None
+        self.convention = convention
+        self.seed = int(seed)
+        self.scheme = scheme
+        if _local_config_path(self.parent) is not None:
+            self.plan()
+
+    @property
+    def needs_architecture(self) -> bool:
+        return False
+
+    @property
+    def kind(self) -> str:
+        """The kind of target shape: "depth" or "width"."""
+        return STRUCTURED_METHODS.get(self.method, self.method)
+
+    def plan(self) -> ShapePlan:
+        """Solve the target shape from the parent's config (see `StructuredPrune.plan`)."""
+        return solve_shape(
+            read_parent_config(self.parent), self.kind, ratio=self.ratio, target=self.target, convention=self.convention
+        )
+
+    def target_config(self) -> PretrainedConfig:
+        """The parent's config carrying the solved target shape (explicit `head_dim`)."""
+        return self.plan().shape.apply(read_parent_config(self.parent))
+
+    def build(self, config: PretrainedConfig | None = None, data: Any = None) -> InitResult:
+        """Build the target architecture from random init; `config` is ignored (the parent defines it)."""
+        parent_config = read_parent_config(self.parent)
+        plan = self.plan()
+        check_run_data(self.parent, parent_config, data)
+        target_config = plan.shape.apply(parent_config)
+        model = AutoModelForCausalLM.from_config(target_config, dtype=torch.float32)
+        # Under a sharded-init context the weights are on the meta device and are initialised after sharding.
+        if not any(p.is_meta for p in model.parameters()):
+            self.random_init.apply(model)
+        model.train()
+        record = {
+            "strategy": "scratch_target",
+            "parent": parent_record(self.parent),
+            "method": self.method,
+            "kind": self.kind,
+            "ratio_requested": self.ratio,
+            "target_requested": self.target,
+            "convention": self.convention,
+            "target_shape": plan.shape.as_dict(),
+            "achieved_ratio": dict(plan.achieved),
+            "params_parent": plan.params_parent.as_dict(),
+            "params_after": count_parameters(model).as_dict(),
+            "seed": self.seed,
+            "scheme": self.scheme,
+            "std": self.random_init.std,
+        }
+        return InitResult(model=model, record=record)
+
+
+# --------------------------------------------------------------------------------------------------- parent
+
+
+def read_parent_config(parent: str) -> PretrainedConfig:
+    """Read the parent's `config.json` (no weights) and check it is a Llama-layout model.
+
+    Raises:
+        FileNotFoundError: `parent` looks local but holds no `config.json`.
+        ValueError: the parent's `model_type` is not a Llama-layout family.
+    """
+    local = Path(parent).expanduser()
+    looks_local = parent.startswith((".", "/", "~")) or local.exists()
+    if looks_local and not (local / "config.json").is_file():
+        raise FileNotFoundError(
+            f"No parent checkpoint at {parent!r} (expected {local / 'config.json'}). Point parent at a directory "
+            "written by save_pretrained, e.g. runs/tiny_scratch/export after `litprune fit --config "
+            "configs/experiment/tiny_scratch.yaml`."
+        )
+    config = AutoConfig.from_pretrained(str(local) if looks_local else parent)
+    check_model_family(config, parent)
+    return config
+
+
+def parent_record(parent: str) -> dict[str, Any]:
+    """The parent's path, plus its own run record (arm, tokens seen, ...) when it is a litprune export."""
+    record: dict[str, Any] = {"path": parent}
+    run = _litprune_record(parent).get("run")
+    if run:
+        record["run"] = {key: run.get(key) for key in ("arm", "max_tokens", "tokens_seen", "parameters")}
+    return record
+
+
+def check_run_data(parent: str, parent_config: PretrainedConfig, data: Any) -> None:
+    """Check that the run's data fits the parent: same tokenizer, training windows within its positions.
+
+    Nothing is checked when `data` is None (outside a Trainer). The tokenizer must be the parent's: the parent's
+    `vocab_size` must equal the tokenizer's size, except when the parent's own tokenizer (exported with it) is
+    the run's tokenizer, which proves a padded embedding; and where the parent records its tokenizer (its
+    tokenizer files or `litprune.json`), it must be the same tokenizer.
+
+    Raises:
+        ValueError: tokenizer mismatch (both sizes are named), or `data.seq_len` above the parent's positions.
+    """
+    if data is None:
+        return
+    tokenizer = getattr(data, "tokenizer", None)
+    if tokenizer is None and hasattr(data, "load_tokenizer"):
+        tokenizer = data.load_tokenizer()
+    if tokenizer is not None:
+        _check_tokenizer(parent, parent_config, tokenizer)
+    seq_len = getattr(data, "seq_len", None)
+    max_positions = getattr(parent_config, "max_position_embeddings", None)
+    if seq_len is not None and max_positions is not None and int(seq_len) > int(max_positions):
+        raise ValueError(
+            f"data.init_args.seq_len={seq_len} exceeds the parent's max_position_embeddings={max_positions} "
+            f"({parent!r}). Lower seq_len to at most {max_positions}."
+        )
+
+
+def _check_tokenizer(parent: str, parent_config: PretrainedConfig, tokenizer: Any) -> None:
+    from litprune.data.tokenizer import tokenizer_identity
+
+    run_size, parent_vocab = len(tokenizer), int(parent_config.vocab_size)
+    try:
+        run_identity = tokenizer_identity(tokenizer)
+    except TypeError:
+        run_identity = None  # a slow tokenizer has no identity hash; the size checks still apply
+    parent_size, parent_identity = _parent_tokenizer(parent)
+    if run_identity is not None and parent_identity is not None and run_identity != parent_identity:
+        raise ValueError(
+            f"The run's tokenizer ({run_size} tokens, identity {run_identity[:12]}) is not the parent's tokenizer "
+            f"({parent_size} tokens, identity {parent_identity[:12]}, recorded in {parent!r}); the parent's "
+            f"embedding rows ({parent_vocab}) belong to its own tokenizer. Set data.init_args.tokenizer to the "
+            "parent's tokenizer (a litprune export holds it) or use the parent's data settings."
+        )
+    padded = parent_size == run_size and parent_identity is not None and run_size <= parent_vocab
+    if run_size != parent_vocab and not padded:
+        raise ValueError(
+            f"The run's tokenizer has {run_size} tokens but the parent {parent!r} has vocab_size={parent_vocab}: "
+            "a pruned model keeps the parent's embedding, so the run must use the parent's tokenizer. Set "
+            "data.init_args.tokenizer (or vocab_size for the embedded BPE) to the parent's."
+        )
+
+
+def _parent_tokenizer(parent: str) -> tuple[int | None, str | None]:
+    """(size, identity) of the tokenizer the parent records, or (None, None) when it records none."""
+    from litprune.data.tokenizer import tokenizer_identity
+
+    local = Path(parent).expanduser()
+    if (local / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        parent_tokenizer = AutoTokenizer.from_pretrained(str(local))
+        try:
+            return len(parent_tokenizer), tokenizer_identity(parent_tokenizer)
+        except TypeError:
+            return len(parent_tokenizer), None
+    data = _litprune_record(parent).get("data") or {}
+    if data.get("tokenizer"):
+        return data.get("vocab_size"), data["tokenizer"]
+    return None, None
+
+
+def _litprune_record(parent: str) -> dict[str, Any]:
+    path = Path(parent).expanduser() / "litprune.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(
+            f"{str(path)!r} is not valid JSON ({err}); the parent's run record is damaged. Restore it, or delete it "
+            "to prune the parent without its litprune provenance."
+        ) from err
+
+
+def _local_config_path(parent: str) -> Path | None:
+    path = Path(parent).expanduser() / "config.json"
+    return path if path.is_file() else None
+
+
+def _check_target_arguments(parent, method, ratio, target, convention, accept_kinds: bool) -> list[str]:
+    problems: list[str] = []
+    if not isinstance(parent, str | Path) or not str(parent):
+        problems.append(f"parent={parent!r} must be a checkpoint directory (e.g. runs/tiny_scratch/export).")
+    names = list(STRUCTURED_METHODS) + (list(TARGET_KEYS) if accept_kinds else [])
+    kind = STRUCTURED_METHODS.get(method, method if accept_kinds else None)
+    if kind not in TARGET_KEYS or (method not in STRUCTURED_METHODS and not accept_kinds):
+        close = difflib.get_close_matches(str(method), names, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        problems.append(f"Unknown method {method!r}.{hint} Available: {', '.join(names)}.")
+        kind = None
+    if ratio is not None:
+        try:
+            check_ratio_open(ratio)
+        except ValueError as err:
+            problems.append(str(err))
+    if target is not None:
+        if not isinstance(target, dict) or not target:
+            problems.append(f"target={target!r} must be a non-empty mapping of shape fields to sizes, or null.")
+        elif kind is not None:
+            unknown = sorted(set(target) - set(TARGET_KEYS[kind]))
+            if unknown:
+                problems.append(
+                    f"target keys {unknown} do not apply to {kind} pruning; allowed: {', '.join(TARGET_KEYS[kind])}."
+                )
+            bad = {k: v for k, v in target.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
+            if bad:
+                problems.append(f"target sizes {bad} must be positive integers.")
+    if ratio is None and not target:
+        problems.append("Give a ratio (e.g. 0.5) or an explicit target shape.")
+    try:
+        check_convention(convention)
+    except ValueError as err:
+        problems.append(str(err))
+    return problems

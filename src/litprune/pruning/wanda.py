@@ -1,0 +1,79 @@
+"""Wanda: prune by |weight| x input-activation norm, one output row at a time (methods-spec section 5).
+
+Score `S_ij = |W_ij| * ||X_j||_2`, where `||X_j||_2` is the L2 norm of input feature j over every calibration
+token (computed up to a global constant, which does not change any mask). Comparison group = one output row:
+unstructured pruning zeroes exactly `floor(ratio * in)` entries per row (stable sort, ties to the lower column);
+N:M zeroes the N lowest scores of every aligned group of M columns. Surviving weights are left bit-identical.
+
+Layers are calibrated sequentially (`run_sequential`): layer l's statistics come from the dense layer l fed by
+the already-pruned layers before it, and all linears of a layer use one statistics pass.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from litprune.pruning.calibration import InputNormStatistic, run_sequential
+from litprune.pruning.patterns import SparsityPattern, pattern_mask
+from litprune.pruning.targets import find_targets
+
+
+def wanda_scores(weight: Tensor, input_norms: Tensor) -> Tensor:
+    """`|W| * ||X_j||` in fp32, shaped like `weight` (`[out, in]`; `input_norms` is `[in]`)."""
+    return weight.detach().float().abs() * input_norms.float().reshape(1, -1)
+
+
+def wanda_mask(
+    weight: Tensor, input_norms: Tensor, ratio: float | None, pattern: SparsityPattern | str = "unstructured"
+) -> Tensor:
+    """Keep-mask of Wanda for one weight (True = keep), per output row.
+
+    Args:
+        weight: `[out, in]` weight.
+        input_norms: `[in]` per-feature input norms (any positive multiple of `||X_j||_2`).
+        ratio: pruned fraction in [0, 1); None for N:M.
+        pattern: `"unstructured"` or `"N:M"`.
+    """
+    return pattern_mask(wanda_scores(weight, input_norms), pattern, ratio, per_row=True)
+
+
+@torch.no_grad()
+def prune_wanda(
+    model: nn.Module,
+    windows: Tensor,
+    ratio: float | None,
+    pattern: SparsityPattern | str = "unstructured",
+    targets: dict[str, nn.Linear] | None = None,
+    batch_size: int = 1,
+    progress: bool = True,
+) -> dict[str, Tensor]:
+    """Wanda-prune the target linears of `model` in place, calibrating layer by layer.
+
+    Args:
+        model: a Hugging Face causal LM (fp32 or bf16, CPU or GPU).
+        windows: calibration token ids `[nsamples, seqlen]` (see `calibration_windows`).
+        ratio: pruned fraction in [0, 1); None for an N:M pattern.
+        pattern: `"unstructured"`, `"2:4"`, `"4:8"`, ...
+        targets: module name -> linear (from `find_targets`); default: the 7 decoder linears.
+        batch_size: calibration windows per forward call.
+        progress: show a progress bar over layers.
+
+    Returns:
+        Module name -> bool keep-mask shaped like the weight. Pruned entries are set to 0, survivors unchanged.
+    """
+    if targets is None:
+        targets = find_targets(model)
+    masks: dict[str, Tensor] = {}
+
+    def prune_layer(_index: int, _layer: nn.Module, stats: dict[str, InputNormStatistic]) -> None:
+        for name, stat in stats.items():
+            weight = targets[name].weight
+            keep = wanda_mask(weight, stat.norms, ratio, pattern)
+            weight.masked_fill_(~keep, 0)
+            masks[name] = keep
+
+    run_sequential(
+        model, windows, prune_layer, batch_size=batch_size, progress=progress, statistic="input_norms", targets=targets
+    )
+    return masks

@@ -1,0 +1,1 @@
+"""Training-recipe pieces that need no Trainer: token budgets and the learning-rate schedule."""
