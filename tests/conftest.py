@@ -66,7 +66,8 @@ def tiny_run_args(run_dir: Path, max_tokens: int = 8192, **extra: str) -> list[s
     """Command-line arguments for a seconds-long `litprune fit` of the tiny preset on the embedded corpus."""
     args = [
         "fit",
-        "--config", str(Path(__file__).parent / "configs" / "tiny_fit.yaml"),
+        "--config",
+        str(Path(__file__).parent / "configs" / "tiny_fit.yaml"),
         f"--trainer.default_root_dir={run_dir}",
         f"--model.init_args.max_tokens={max_tokens}",
     ]

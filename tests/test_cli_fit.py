@@ -64,8 +64,15 @@ def test_loss_goes_down_on_real_text(finished_run):
 
 def test_validate_and_test_subcommands_use_a_checkpoint(finished_run, tmp_path):
     ckpt = finished_run / "checkpoints" / "last.ckpt"
-    cli = run_cli(["test", "--config", str(REPO / "tests/configs/tiny_fit.yaml"),
-                   f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={ckpt}"])
+    cli = run_cli(
+        [
+            "test",
+            "--config",
+            str(REPO / "tests/configs/tiny_fit.yaml"),
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--ckpt_path={ckpt}",
+        ]
+    )
     assert cli.trainer.callback_metrics["test/loss"] > 0
 
 
@@ -90,8 +97,10 @@ def test_resume_with_different_data_settings_lists_the_differences(finished_run)
         (["--model.init_args.max_tokens=100"], r"smaller than one optimizer step.*at least 256"),
         (["--model.init_args.max_tokens=1000"], r"not a whole number of optimizer steps.*768 or 1,024"),
         (["--model.init_args.preset=tinyy"], r"Unknown model preset 'tinyy'.*'tiny'"),
-        (["--data.init_args.seq_len=2048", "--model.init_args.max_tokens=16384"],
-         r"seq_len=2048 exceeds the model's max_position_embeddings=1024"),
+        (
+            ["--data.init_args.seq_len=2048", "--model.init_args.max_tokens=16384"],
+            r"seq_len=2048 exceeds the model's max_position_embeddings=1024",
+        ),
         (["--model.init_args.overrides={vocab_size: 300}"], r"tokenizer has 512 tokens.*vocab_size is 300"),
     ],
 )
@@ -102,7 +111,7 @@ def test_bad_input_fails_before_training(embedded_cache, tmp_path, extra, messag
 
 
 def test_missing_data_path_names_the_path(embedded_cache, tmp_path):
-    source = '{kind: files, files: {train: [no/such/dir/*.jsonl]}}'
+    source = "{kind: files, files: {train: [no/such/dir/*.jsonl]}}"
     with pytest.raises((ValueError, SystemExit)) as info:
         run_cli(tiny_run_args(tmp_path / "run") + [f"--data.init_args.source={source}"])
     assert "no/such/dir/*.jsonl" in str(info.value) or info.type is SystemExit
@@ -114,7 +123,9 @@ def test_command_line_reports_user_errors_without_traceback(embedded_cache, tmp_
 
     result = subprocess.run(
         [sys.executable, "-m", "litprune", *tiny_run_args(tmp_path / "run", max_tokens=100)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2
     assert "litprune: error: max_tokens=100 is smaller than one optimizer step" in result.stderr

@@ -14,8 +14,15 @@ from litprune.training.metrics_logger import read_metrics
 def test_ddp_two_processes_count_tokens_globally(embedded_cache, tmp_path):
     run_dir = tmp_path / "ddp"
     max_tokens = 4096  # 8 steps of 2 processes x 8 sequences x 32 tokens
-    cmd = [sys.executable, "-m", "litprune", *tiny_run_args(run_dir, max_tokens),
-           "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.enable_progress_bar=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "litprune",
+        *tiny_run_args(run_dir, max_tokens),
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        "--trainer.enable_progress_bar=false",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((run_dir / "results.json").read_text())

@@ -60,7 +60,7 @@ def test_random_init_is_seeded_and_documented_scheme():
     torch.manual_seed(123)  # the global RNG must not matter
     b = RandomInit(seed=3).build(config).model
     c = RandomInit(seed=4).build(config).model
-    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb), name
     assert not torch.equal(a.model.layers[0].mlp.up_proj.weight, c.model.layers[0].mlp.up_proj.weight)
     up = a.model.layers[0].mlp.up_proj.weight
@@ -72,7 +72,7 @@ def test_fan_in_scheme_scales_by_input_width():
     config = build_llama_config("tiny", vocab_size=256)
     model = RandomInit(seed=0, scheme="fan_in").build(config).model
     down = model.model.layers[0].mlp.down_proj.weight  # in_features = 128
-    assert down.std().item() == pytest.approx(128 ** -0.5, rel=0.1)
+    assert down.std().item() == pytest.approx(128**-0.5, rel=0.1)
     assert model.model.embed_tokens.weight.std().item() == pytest.approx(0.02, rel=0.1)
 
 

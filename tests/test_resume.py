@@ -28,8 +28,14 @@ def _env() -> dict[str, str]:
 
 
 def _fit(run_dir: Path, *extra: str, wait: bool = True) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "litprune", *tiny_run_args(run_dir, MAX_TOKENS),
-           "--trainer.enable_progress_bar=false", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "litprune",
+        *tiny_run_args(run_dir, MAX_TOKENS),
+        "--trainer.enable_progress_bar=false",
+        *extra,
+    ]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if wait:
         _, err = proc.communicate(timeout=600)

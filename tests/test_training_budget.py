@@ -17,8 +17,9 @@ def test_budget_converts_tokens_to_steps_exactly():
 
 
 def test_paper_batch_gives_paper_step_counts():
-    budget = TokenBudget(max_tokens=12_500 * 4_194_304, seq_len=8192, micro_batch_size=2,
-                         accumulate_grad_batches=32, world_size=8)
+    budget = TokenBudget(
+        max_tokens=12_500 * 4_194_304, seq_len=8192, micro_batch_size=2, accumulate_grad_batches=32, world_size=8
+    )
     assert budget.steps == 12_500
     assert paper_token_label(budget.max_tokens) == "50B"
 

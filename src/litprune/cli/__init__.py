@@ -1,7 +1,8 @@
 """The `litprune` command: `fit`, `validate`, `test` (LightningCLI) and litprune's own subcommands.
 
-    litprune fit --config configs/experiment/tiny_scratch.yaml      train one run (resume: --ckpt_path last)
-    litprune eval --model runs/tiny_scratch/export --tasks offline   lm-eval tasks and perplexity of a model
+- `litprune fit --config configs/experiment/tiny_scratch.yaml`: train one run (resume: add `--ckpt_path last`).
+- `litprune eval runs/tiny_scratch/export --tasks offline --perplexity embedded`: lm-eval tasks and perplexity.
+- `litprune study --config configs/study/tiny.yaml`: the token-matched study (arms, ledger, report).
 """
 
 from __future__ import annotations

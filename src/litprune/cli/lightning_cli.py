@@ -69,11 +69,13 @@ class LitpruneCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({
-            "checkpoint.every_n_train_steps": 100,
-            "checkpoint.save_last": True,
-            "checkpoint.save_top_k": 0,
-        })
+        parser.set_defaults(
+            {
+                "checkpoint.every_n_train_steps": 100,
+                "checkpoint.save_last": True,
+                "checkpoint.save_top_k": 0,
+            }
+        )
         parser.add_lightning_class_args(HFExport, "export")
 
     def _parse_ckpt_path(self) -> None:
@@ -181,4 +183,3 @@ def _check_explicit_vocab(model: CausalLM, datamodule: Any) -> None:
 def _is_sharded(strategy: Any) -> bool:
     name = strategy if isinstance(strategy, str) else type(strategy).__name__
     return "fsdp" in str(name).lower() or "modelparallel" in str(name).lower()
-

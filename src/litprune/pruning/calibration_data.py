@@ -62,6 +62,22 @@ class Calibration:
         if problems:
             raise ValueError("Invalid calibration settings: " + "; ".join(problems) + ".")
 
+    @classmethod
+    def coerce(cls, value: Any, problems: list[str]) -> Calibration | None:
+        """`value` as a Calibration (None -> defaults, a dict -> fields); appends to `problems` when it is not one."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            try:
+                return cls(**value)
+            except (TypeError, ValueError) as err:
+                problems.append(f"calibration={value!r}: {err} (fields: slice, nsamples, seqlen, seed).")
+                return None
+        problems.append(f"calibration={value!r} must be a Calibration (slice, nsamples, seqlen, seed).")
+        return None
+
     @property
     def tokens(self) -> int:
         """Tokens the calibration windows hold: `nsamples * seqlen`."""

@@ -105,15 +105,7 @@ class StructuredPrune(InitStrategy):
             )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             problems.append(f"batch_size={batch_size!r} must be a positive integer (the reference uses 1).")
-        if calibration is None:
-            calibration = Calibration()
-        elif isinstance(calibration, dict):
-            try:
-                calibration = Calibration(**calibration)
-            except (TypeError, ValueError) as err:
-                problems.append(f"calibration={calibration!r}: {err} (fields: slice, nsamples, seqlen, seed).")
-        elif not isinstance(calibration, Calibration):
-            problems.append(f"calibration={calibration!r} must be a Calibration (slice, nsamples, seqlen, seed).")
+        calibration = Calibration.coerce(calibration, problems)
         if problems:
             raise ValueError("StructuredPrune: " + " ".join(problems))
         self.parent = str(parent)

@@ -1,0 +1,250 @@
+"""Sparse pruned initialisations (`P_M-R_N` arms) and their sparse scratch controls for `litprune fit`.
+
+A sparse arm keeps the parent's shapes and zeros individual weights of the decoder linears (Wanda, SparseGPT or
+magnitude; unstructured or N:M). The masks travel with the model into the run, and a `SparseMask` callback with
+`mask_source: module` keeps every pruned weight at exactly 0 while retraining:
+
+```yaml
+model:
+  init_args:
+    preset: null                      # the parent defines the architecture
+    init:
+      class_path: litprune.pruning.sparse_init.SparsePrune
+      init_args:
+        parent: runs/tiny_scratch/export
+        method: wanda                 # or sparsegpt, magnitude
+        ratio: 0.5
+        pattern: "2:4"                # or unstructured, "4:8"
+        calibration: {slice: train, nsamples: 64, seqlen: 128, seed: 0}
+        control: none                 # reinit: the paper's sparse scratch control (S_N)
+trainer:
+  callbacks:
+    - class_path: litprune.callbacks.sparse_mask.SparseMask
+      init_args: {mask_source: module}
+```
+
+At the end of fit `HFExport` writes the export in the sparse layout of `litprune.pruning.sparse_export` (zeros in
+place, `sparsity_masks.safetensors`, `sparsity.json`), and `FromPretrained` of that export hands the masks back.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any
+
+from transformers import PretrainedConfig
+
+from litprune.models.init import InitResult, InitStrategy, load_causal_lm
+from litprune.models.params import count_parameters
+from litprune.pruning.calibration_data import Calibration
+from litprune.pruning.patterns import parse_pattern
+from litprune.pruning.reinit import random_init_random_mask, random_init_same_mask, reinit_surviving
+from litprune.pruning.sparse import _METHOD_KWARGS, _NEEDS_DATA, METHODS, prune_sparse
+from litprune.pruning.structured_init import _local_config_path, check_run_data, parent_record, read_parent_config
+
+CONTROLS: dict[str, str] = {
+    "none": "the pruned parent's weights (P_M-R_N)",
+    "reinit": "surviving Linear weights (lm_head included) redrawn from N(0, std^2); parent's embeddings and norms",
+    "random_same_mask": "every weight randomly initialised (HF-style), the parent's mask",
+    "random_fresh_mask": "every weight randomly initialised (HF-style), a fresh random mask of the same pattern",
+}
+"""The starting points a sparse arm can take from the pruned parent, by name."""
+
+CONTROL_STD = 0.02
+"""Standard deviation of the controls' random weights (Hugging Face's Llama `initializer_range`, the paper's)."""
+
+
+class SparsePrune(InitStrategy):
+    """Sparsify a dense parent with Wanda, SparseGPT or magnitude and start the run from the result.
+
+    `build` loads the parent (fp32), draws calibration windows from the run's own data (`calibration.slice`) for
+    the methods that need them, prunes with `litprune.pruning.sparse.prune_sparse` and applies `control`. It hands
+    over an ordinary model of the parent's class and shapes (pruned weights are 0 in place) together with the
+    keep-masks, keyed by the model's parameter names (`model.layers.0.self_attn.q_proj.weight`, ...). The run
+    keeps them with a `SparseMask(mask_source="module")` callback (`callbacks/sparse_mask_from_init.yaml`); its
+    default `targets` are the 7 decoder linears, the same default as here. With a narrower `targets` regex, give
+    the callback a regex selecting the same parameters.
+
+    The run record (`export/litprune.json`, `results.json`) holds the pruning record (method, pattern, ratio,
+    targets, achieved sparsity per matrix, per layer and overall), the parent's path and run record, the control
+    and the calibration provenance; the calibration tokens enter the token ledger as `init_tokens.calibration`
+    (magnitude reads no data and records none).
+
+    Controls (the sparse "from scratch" baselines, methods-spec section 7):
+
+    - "none": the pruned parent itself, the `P_M-R_N` arm.
+    - "reinit": the paper's sparse scratch control (`S_N` of a sparse arm): the same mask; the surviving entries
+      of every `nn.Linear` (the decoder linears and `lm_head`) redrawn from N(0, 0.02^2) (truncated at +-2, as
+      the reference); the parent's embeddings and RMSNorm gains kept bit-identical. It needs untied embeddings.
+    - "random_same_mask": a full random init (Linear and embedding N(0, 0.02^2), norm gains 1) on the same mask.
+    - "random_fresh_mask": a full random init on a fresh random mask of the same pattern (N:M: N random entries of
+      every group of M; unstructured: the same number of pruned entries per row as the method's mask).
+
+    The controls draw from `control_seed` (the reference `reinit.py` uses seed 42). Pruning runs on the CPU, where
+    the parent is loaded.
+
+    Args:
+        parent: the dense parent: a Hugging Face checkpoint directory or a litprune export (`<run dir>/export`).
+        method: "wanda" (default), "sparsegpt" or "magnitude".
+        ratio: pruned fraction of each target matrix, in [0, 1). For an N:M pattern it must be N/M (or null).
+        pattern: "unstructured" (default) or "N:M" such as "2:4" or "4:8" (N pruned in every M input columns).
+        targets: regex (`re.search` on module names) selecting the linears to prune; None: the 7 decoder linears
+            of every layer.
+        calibration: which tokens Wanda and SparseGPT calibrate on (default `Calibration()`: 128 windows of 256
+            tokens of the `train` slice, seed 0). Ignored by magnitude, which reads no data.
+        control: "none" (default), "reinit", "random_same_mask" or "random_fresh_mask" (see above).
+        control_seed: seed of the control's random weights (and of the fresh mask).
+        method_kwargs: options of the method: wanda `batch_size`; sparsegpt `blocksize` (128), `percdamp` (0.01),
+            `batch_size`.
+
+    Raises:
+        ValueError: unknown method or control (close matches are suggested), a bad pattern, a ratio outside
+            [0, 1) or different from N/M for an N:M pattern, a missing ratio for "unstructured", an invalid
+            `targets` regex, unknown method options; and, when the parent is on disk, a parent that is not a
+            Llama-layout model, a calibration window longer than its positions, or `control="reinit"` with tied
+            embeddings. All argument problems are reported together.
+    """
+
+    def __init__(
+        self,
+        parent: str,
+        method: str = "wanda",
+        ratio: float | None = 0.5,
+        pattern: str = "unstructured",
+        targets: str | None = None,
+        calibration: Calibration | None = None,
+        control: str = "none",
+        control_seed: int = 0,
+        method_kwargs: dict | None = None,
+    ) -> None:
+        problems: list[str] = []
+        if not isinstance(parent, str) or not parent:
+            problems.append(f"parent={parent!r} must be a checkpoint directory (e.g. runs/tiny_scratch/export).")
+        if method not in METHODS:
+            problems.append(f"Unknown method {method!r}.{_close(method, METHODS)} Available: {', '.join(METHODS)}.")
+        parsed = None
+        try:
+            parsed = parse_pattern(pattern)
+        except (ValueError, TypeError, AttributeError) as err:
+            problems.append(f"pattern={pattern!r}: {err}")
+        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio < 1):
+            problems.append(f"ratio={ratio!r} is out of range; a sparse ratio is the pruned fraction in [0, 1).")
+        elif parsed is not None and parsed.is_nm and ratio is not None and abs(ratio - parsed.ratio) > 1e-9:
+            problems.append(
+                f"Pattern {parsed} prunes exactly N/M = {parsed.ratio:g} of the weights, so ratio={ratio} cannot be "
+                f"reached; set ratio to {parsed.ratio:g} or null."
+            )
+        elif parsed is not None and not parsed.is_nm and ratio is None:
+            problems.append("pattern='unstructured' needs a ratio (the pruned fraction in [0, 1)), e.g. ratio: 0.5.")
+        if targets is not None:
+            try:
+                re.compile(targets)
+            except (re.error, TypeError) as err:
+                problems.append(f"targets={targets!r} is not a valid regex ({err}).")
+        if control not in CONTROLS:
+            problems.append(
+                f"Unknown control {control!r}.{_close(control, CONTROLS)} Available: {', '.join(CONTROLS)}."
+            )
+        if isinstance(control_seed, bool) or not isinstance(control_seed, int):
+            problems.append(f"control_seed={control_seed!r} must be an integer.")
+        method_kwargs = {} if method_kwargs is None else method_kwargs
+        if not isinstance(method_kwargs, dict):
+            problems.append(f"method_kwargs={method_kwargs!r} must be a mapping of option names to values.")
+        elif method in METHODS:
+            unknown = sorted(set(method_kwargs) - _METHOD_KWARGS[method])
+            if unknown:
+                allowed = ", ".join(sorted(_METHOD_KWARGS[method])) or "none"
+                problems.append(f"method_kwargs {unknown} do not apply to {method!r}; it accepts: {allowed}.")
+        calibration = Calibration.coerce(calibration, problems)
+        if problems:
+            raise ValueError("SparsePrune: " + " ".join(problems))
+        self.parent = parent
+        self.method = method
+        self.ratio = None if ratio is None else float(ratio)
+        self.pattern = str(parsed)
+        self.targets = targets
+        self.calibration = calibration
+        self.control = control
+        self.control_seed = int(control_seed)
+        self.method_kwargs = dict(method_kwargs)
+        if _local_config_path(self.parent) is not None:
+            self.check_parent()
+
+    @property
+    def needs_architecture(self) -> bool:
+        return False
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether the method calibrates on data (Wanda, SparseGPT)."""
+        return self.method in _NEEDS_DATA
+
+    def check_parent(self) -> PretrainedConfig:
+        """Check the parent's config (no weights are read) and return it.
+
+        Raises:
+            FileNotFoundError: no checkpoint at `parent`.
+            ValueError: the parent is not a Llama-layout model, a calibration window is longer than its positions,
+                or `control="reinit"` with tied input and output embeddings.
+        """
+        config = read_parent_config(self.parent)
+        if self.needs_data:
+            self.calibration.check_positions(getattr(config, "max_position_embeddings", None))
+        if self.control == "reinit" and getattr(config, "tie_word_embeddings", False):
+            raise ValueError(
+                f"control='reinit' redraws lm_head but keeps the embeddings, and the parent {self.parent!r} ties "
+                "them (tie_word_embeddings=True). Use control='random_same_mask', or a parent with untied embeddings."
+            )
+        return config
+
+    def build(self, config: PretrainedConfig | None = None, data: Any = None) -> InitResult:
+        """Load the parent, calibrate on the run's data, prune, apply the control; `config` is ignored."""
+        parent_config = self.check_parent()
+        check_run_data(self.parent, parent_config, data)
+        windows, provenance = None, None
+        if self.needs_data:
+            windows, provenance = self.calibration.draw(
+                data, max_positions=getattr(parent_config, "max_position_embeddings", None)
+            )
+        model = load_causal_lm(self.parent)
+        result = prune_sparse(
+            model,
+            self.method,
+            ratio=self.ratio,
+            pattern=self.pattern,
+            windows=windows,
+            targets=self.targets,
+            calibration=provenance,
+            **self.method_kwargs,
+        )
+        masks = self._apply_control(model, result.masks)
+        model.train()  # from_pretrained returns eval mode; the run trains the model
+        record = {
+            "strategy": "sparse_prune",
+            "parent": parent_record(self.parent),
+            **result.record,
+            "control": {
+                "name": self.control,
+                "description": CONTROLS[self.control],
+                "seed": self.control_seed if self.control != "none" else None,
+                "std": CONTROL_STD if self.control != "none" else None,
+            },
+            "params": count_parameters(model).as_dict(),
+        }
+        tokens = {"calibration": self.calibration.tokens} if self.needs_data else {}
+        return InitResult(model=model, record=record, masks=masks, tokens=tokens)
+
+    def _apply_control(self, model: Any, masks: dict) -> dict:
+        if self.control == "reinit":
+            return reinit_surviving(model, masks, std=CONTROL_STD, seed=self.control_seed)
+        if self.control == "random_same_mask":
+            return random_init_same_mask(model, masks, seed=self.control_seed, std=CONTROL_STD)
+        if self.control == "random_fresh_mask":
+            return random_init_random_mask(model, masks, seed=self.control_seed, pattern=self.pattern, std=CONTROL_STD)
+        return masks
+
+
+def _close(name: Any, choices: Any) -> str:
+    close = difflib.get_close_matches(str(name), list(choices), n=3, cutoff=0.5)
+    return f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
