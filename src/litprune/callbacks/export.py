@@ -63,6 +63,7 @@ class HFExport(Callback):
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks
+        state_dict = full_state_dict(trainer)  # a collective under sharded strategies (FSDP)
         if not trainer.is_global_zero:
             return
         record = {"run": pl_module.run_record() if hasattr(pl_module, "run_record") else {}}
@@ -73,7 +74,9 @@ class HFExport(Callback):
         masks, sparse_record = (self.run_masks(trainer, pl_module), None) if self.sparse else ({}, None)
         if masks:
             sparse_record = sparsity_record(masks, getattr(pl_module, "init_record", None) or {}, trainer)
-        self.path = export_model(pl_module.model, tokenizer, record, run_dir / self.dirname, masks, sparse_record)
+        self.path = export_model(
+            pl_module.model, tokenizer, record, run_dir / self.dirname, masks, sparse_record, state_dict=state_dict
+        )
 
     @staticmethod
     def run_masks(trainer: Any, pl_module: Any) -> dict[str, Tensor]:
@@ -112,12 +115,14 @@ def export_model(
     out_dir: Path,
     masks: dict[str, Tensor] | None = None,
     sparse_record: dict[str, Any] | None = None,
+    state_dict: dict[str, Tensor] | None = None,
 ) -> Path:
     """Atomically write `model` (+ tokenizer and `litprune.json`) to `out_dir`, replacing an older export.
 
     With `masks` (keyed by the model's parameter names), the checkpoint is written by
     `litprune.pruning.sparse_export.save_sparse`, which first checks that every masked-out weight is exactly 0,
-    and also holds `sparsity_masks.safetensors` and `sparsity.json` (`sparse_record`).
+    and also holds `sparsity_masks.safetensors` and `sparsity.json` (`sparse_record`). `state_dict` (full,
+    gathered from a sharded model) replaces the model's own tensors when given.
 
     Raises:
         ValueError: a masked-out weight is not 0, or a mask names a parameter the model lacks.
@@ -132,7 +137,7 @@ def export_model(
             # save_sparse replaces the (empty) temporary directory with the complete sparse checkpoint.
             save_sparse(model, masks, sparse_record or {}, tmp, tokenizer=tokenizer, overwrite=True)
         else:
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
         (tmp / "litprune.json").write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
@@ -154,3 +159,19 @@ def _mask_callbacks(trainer: Any) -> list[Any]:
     from litprune.callbacks.sparse_mask import SparseMask
 
     return [callback for callback in getattr(trainer, "callbacks", []) if isinstance(callback, SparseMask)]
+
+
+def full_state_dict(trainer: Any) -> dict[str, Tensor] | None:
+    """The model's full state dict gathered onto rank 0 (CPU) when the strategy shards it; None otherwise.
+
+    Under FSDP every rank holds a shard, so `save_pretrained` on the module would write shards; this gathers
+    the whole tensors (every rank must call it) with keys of the Hugging Face model (`pl_module.model`).
+    """
+    name = type(getattr(trainer, "strategy", None)).__name__
+    if "FSDP" not in name and "ModelParallel" not in name:
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    root = trainer.strategy.model  # the wrapped LightningModule: its keys start with "model."
+    gathered = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {key.removeprefix("model."): value for key, value in gathered.items() if key.startswith("model.")}

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from transformers import LlamaConfig, PreTrainedModel
 
 from litprune.models.init import InitResult, InitStrategy, RandomInit
@@ -122,6 +123,7 @@ class CausalLM(LightningModule):
         else:
             result = self.init_strategy.build(self.architecture(vocab_size=vocab), datamodule)
         self.attach(result)
+        rank_zero_info(f"litprune: {self.arm or 'run'} model: {count_parameters(self.model)}")
         if tokenizer is not None:
             check_vocab(self.model.config.vocab_size, len(tokenizer))
         seq_len = getattr(datamodule, "seq_len", None)

@@ -12,6 +12,9 @@ init:
     method: minitron_depth          # or shortgpt, minitron_width
     ratio: 0.5
     calibration: {slice: train, nsamples: 64, seqlen: 128}
+    # Minitron-depth window score: perplexity on the calibration windows (default), or a downstream task run
+    # by lm-eval: `scorer: task:winogrande` with `scorer_fewshot: 5` (the reference), `task:litprune_next_line`
+    # offline; `scorer_limit: n` scores the first n examples only.
 # S_N: the architecture that pruning produces, from random init
 init:
   class_path: litprune.pruning.structured_init.ScratchTarget
@@ -38,7 +41,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 from litprune.models.init import InitResult, InitStrategy, RandomInit, check_model_family, load_causal_lm
 from litprune.models.params import count_parameters
 from litprune.pruning.calibration_data import Calibration
-from litprune.pruning.scorers import check_scorer
+from litprune.pruning.scorers import check_scorer, is_task_scorer
 from litprune.pruning.shapes import ShapePlan, check_convention, check_ratio_open, solve_shape
 from litprune.pruning.structured import STRUCTURED_METHODS, prune_structured
 
@@ -71,12 +74,22 @@ class StructuredPrune(InitStrategy):
         convention: "non_embedding" (default, as in the paper) or "total": the parameter count `ratio` refers to.
         calibration: which tokens to calibrate on (default `Calibration()`: 128 windows of 256 tokens of the
             `train` slice, seed 0).
-        scorer: Minitron-depth window score; "perplexity" on the calibration windows (the only built-in name).
+        scorer: Minitron-depth window score: "perplexity" on the calibration windows (default), or a downstream
+            task "task:<lm-eval task>[:<metric>]" run by lm-eval on every candidate with the run's tokenizer,
+            e.g. "task:winogrande" (the reference's downstream criterion; needs the hub) or
+            "task:litprune_next_line" (generated offline from the embedded corpus's held-out split). With a
+            task scorer no calibration windows are drawn (`calibration` is unused and no calibration tokens
+            enter the ledger); the record's `scorer_task` names the task, metric and example counts.
         batch_size: calibration windows per forward pass (the reference uses 1; Minitron-width is sensitive to it).
+            A task scorer runs lm-eval with `litprune.pruning.scorers.TASK_BATCH_SIZE` requests per pass.
+        scorer_fewshot: task scorer only: few-shot examples per prompt (the reference's 8B script: 5).
+        scorer_limit: task scorer only: evaluate the first `scorer_limit` examples of the task (the reference
+            passes its `calib_size`); None (default) evaluates all of them.
 
     Raises:
         ValueError: unknown method (close matches are suggested), ratio outside (0, 1), neither ratio nor target,
-            target keys that do not fit the method, unknown convention or scorer, bad batch size; and, when the
+            target keys that do not fit the method, unknown convention, scorer or scorer task (close matches are
+            suggested), scorer options without a task scorer, bad batch size; and, when the
             parent is on disk, a parent that is not a Llama-layout model or a target that cannot be reached (for
             example a ratio that leaves no layer). All argument problems are reported together.
     """
@@ -91,18 +104,24 @@ class StructuredPrune(InitStrategy):
         calibration: Calibration | None = None,
         scorer: str = "perplexity",
         batch_size: int = 1,
+        scorer_fewshot: int = 0,
+        scorer_limit: int | None = None,
     ) -> None:
         problems = _check_target_arguments(parent, method, ratio, target, convention, accept_kinds=False)
         if method == "minitron_depth":
             try:
-                check_scorer(scorer)
+                check_scorer(scorer, scorer_fewshot, scorer_limit, option_names=("scorer_fewshot", "scorer_limit"))
             except ValueError as err:
                 problems.append(str(err))
-        elif scorer != "perplexity":
-            problems.append(
-                f"scorer={scorer!r} only applies to method 'minitron_depth'; {method!r} scores from its calibration "
-                "pass. Remove scorer."
-            )
+        else:
+            given = {"scorer": scorer, "scorer_fewshot": scorer_fewshot, "scorer_limit": scorer_limit}
+            defaults = {"scorer": "perplexity", "scorer_fewshot": 0, "scorer_limit": None}
+            extra = [f"{key}={value!r}" for key, value in given.items() if value != defaults[key]]
+            if extra:
+                problems.append(
+                    f"{', '.join(extra)} only applies to method 'minitron_depth'; {method!r} scores from its "
+                    f"calibration pass. Remove {', '.join(item.partition('=')[0] for item in extra)}."
+                )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             problems.append(f"batch_size={batch_size!r} must be a positive integer (the reference uses 1).")
         calibration = Calibration.coerce(calibration, problems)
@@ -116,6 +135,8 @@ class StructuredPrune(InitStrategy):
         self.calibration = calibration
         self.scorer = scorer
         self.batch_size = batch_size
+        self.scorer_fewshot = scorer_fewshot
+        self.scorer_limit = scorer_limit
         if _local_config_path(self.parent) is not None:
             self.plan()
 
@@ -146,7 +167,19 @@ class StructuredPrune(InitStrategy):
         self.plan()
         max_positions = getattr(parent_config, "max_position_embeddings", None)
         check_run_data(self.parent, parent_config, data)
-        windows, provenance = self.calibration.draw(data, max_positions=max_positions)
+        task_scored = self.method == "minitron_depth" and is_task_scorer(self.scorer)
+        tokenizer = _run_tokenizer(data) if task_scored else None
+        if task_scored and tokenizer is None:
+            raise ValueError(
+                f"StructuredPrune: scorer={self.scorer!r} runs lm-eval with the run's tokenizer, but the run's data "
+                f"({type(data).__name__}) has none. Build the run with a TokenDataModule (litprune fit does)."
+            )
+        if task_scored:
+            # The task brings its own examples; no training-corpus windows are read.
+            windows, provenance, tokens = None, {}, {}
+        else:
+            windows, provenance = self.calibration.draw(data, max_positions=max_positions)
+            tokens = {"calibration": self.calibration.tokens}
         model = load_causal_lm(self.parent)
         # The freshly loaded parent is not needed afterwards: prune depth in place to hold one copy in memory.
         pruned, record = prune_structured(
@@ -159,6 +192,9 @@ class StructuredPrune(InitStrategy):
             scorer=self.scorer,
             batch_size=self.batch_size,
             inplace=True,
+            tokenizer=tokenizer,
+            scorer_fewshot=self.scorer_fewshot,
+            scorer_limit=self.scorer_limit,
         )
         del model
         pruned.train()  # from_pretrained returns eval mode; the run trains the model
@@ -166,9 +202,9 @@ class StructuredPrune(InitStrategy):
             "strategy": "structured_prune",
             "parent": parent_record(self.parent),
             **record,
-            "calibration": {**provenance, **(record.get("calibration") or {})},
+            "calibration": {**provenance, **(record.get("calibration") or {})} or None,
         }
-        return InitResult(model=pruned, record=record, tokens={"calibration": self.calibration.tokens})
+        return InitResult(model=pruned, record=record, tokens=tokens)
 
 
 class ScratchTarget(InitStrategy):
@@ -383,6 +419,14 @@ def _litprune_record(parent: str) -> dict[str, Any]:
             f"{str(path)!r} is not valid JSON ({err}); the parent's run record is damaged. Restore it, or delete it "
             "to prune the parent without its litprune provenance."
         ) from err
+
+
+def _run_tokenizer(data: Any) -> Any:
+    """The run's tokenizer from its data module (loading it if needed), or None without one."""
+    tokenizer = getattr(data, "tokenizer", None)
+    if tokenizer is None and hasattr(data, "load_tokenizer"):
+        tokenizer = data.load_tokenizer()
+    return tokenizer
 
 
 def _local_config_path(parent: str) -> Path | None:
