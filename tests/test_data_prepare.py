@@ -298,7 +298,6 @@ def test_tokenizer_without_bos_is_rejected(tok, tmp_path):
         prepare_tokens(TextSource(kind="files", files={"train": [str(tmp_path / "t" / "*.txt")]}), no_bos)
 
 
-@pytest.mark.slow
 def test_embedded_corpus_end_to_end(monkeypatch, tmp_path):
     """The default path: train the 4096-token BPE on the stdlib train split, tokenize all three splits."""
     from litprune.data.corpus import embedded_documents

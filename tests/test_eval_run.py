@@ -115,7 +115,6 @@ def test_checkpoint_without_litprune_record_is_rejected(workspace):
         _run(workspace / "plain.ckpt", workspace)
 
 
-@pytest.mark.slow
 def test_lm_eval_cli_on_the_exported_directory_gives_identical_accuracy(workspace):
     # lm-eval's own command line indexes every task it ships before running (10-40 s on a small CPU).
     ours = _run(workspace / "model", workspace, perplexity=[])

@@ -67,7 +67,6 @@ def test_unknown_hub_name_fails_with_close_matches(monkeypatch):
         resolve_tasks(["offline", "hellaswg"])
 
 
-@pytest.mark.slow
 def test_any_task_lm_eval_ships_resolves_against_its_full_index():
     # Builds lm-eval's whole task index (every YAML it ships): 10-30 s on a small CPU.
     assert resolve_tasks(["lambada_openai"])[0].metric is None

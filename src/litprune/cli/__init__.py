@@ -33,6 +33,11 @@ def _dispatch(argv: list[str], from_command_line: bool) -> None:
 
     # Noise from Lightning's own internals on current torch; nothing a user can act on.
     warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+    if argv and argv[0] == "study":
+        from litprune.study.runner import study_main
+
+        study_main(argv[1:])
+        return
     if argv and argv[0] == "eval":
         from jsonargparse import CLI
 

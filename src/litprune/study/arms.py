@@ -1,0 +1,379 @@
+"""Expand a study into its arms: ordinary `litprune fit` configs written to disk, in dependency order.
+
+Every arm is a plain LightningCLI fit config (`<out_dir>/configs/<arm id>.yaml`) whose run directory is
+`<out_dir>/runs/<arm id>/`, so any arm can also be launched alone, for example on a cluster:
+
+    litprune fit --config runs/study_tiny/configs/minitron_depth-0.5.P_M-R_N.N524288.yaml --ckpt_path last
+
+Arms, in the paper's notation (one set per method x ratio x N):
+
+| arm | init | trains on | tokens |
+|---|---|---|---|
+| `P_M` | random (the parent's preset) | `slices.parent` | M |
+| `P_M-R_N` | the parent, pruned (`StructuredPrune` / `SparsePrune`) | `slices.retrain` | N |
+| `S_N` | the pruned shape, random init (`ScratchTarget`; sparse: `SparsePrune(control=...)`) | `slices.retrain` | N |
+| `S_M+N` | as `S_N` | the parent's and the retraining tokens (`slices.long`) | M + N |
+| `S_N[control]` | sparse controls (`random_same_mask`, ...) | `slices.retrain` | N |
+
+`S_N` and `P_M-R_N` of the same target share every setting but the init: same data config (so the same sample
+order), same recipe, same batch shape. Both depth methods prune to the same shape, so their `S_N` and `S_M+N` arms
+are shared (`depth-<ratio>`); sparse scratch arms keep the method's mask, so they belong to their method.
+
+Order: parents first (every other arm reads the parent's export), then the `P_M-R_N` and `S_N` pairs, then the
+long `S_M+N` arms.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from litprune.study.spec import MethodSpec, ParentSpec, StudySpec, long_slice
+
+CAUSAL_LM = "litprune.modules.causal_lm.CausalLM"
+DATA_MODULE = "litprune.data.datamodule.TokenDataModule"
+SPARSE_MASK = "litprune.callbacks.sparse_mask.SparseMask"
+
+
+@dataclass
+class Arm:
+    """One run of the study.
+
+    Attributes:
+        id: unique name, also the file name of its config and run directory (e.g. `minitron_depth-0.5.P_M-R_N.N524288`).
+        label: the arm in the paper's notation: `P_M`, `P_M-R_N`, `S_N`, `S_M+N` or `S_N[<control>]`.
+        group: the target it belongs to (`minitron_depth-0.5`, `depth-0.5`, `wanda-unstructured-0.5`; parents:
+            their name).
+        methods: the methods this arm serves (a shared depth scratch arm serves both depth methods).
+        kind: "parent", "depth", "width" or "sparse".
+        ratio: pruning ratio (None for a parent).
+        parent: the parent's name.
+        retrain_tokens: the N this arm belongs to (None for a parent).
+        parent_tokens: M of its parent (None when unknown).
+        train_tokens: tokens this arm's own run trains on.
+        uses_parent_weights: whether the starting weights come from the parent (P_M-R_N; sparse controls keep
+            its mask, `reinit` also its embeddings and norms).
+        depends_on: ids of arms that must finish first.
+        config: the fit config (what the YAML file holds).
+        config_path: where the config is written.
+        run_dir: the arm's run directory (`trainer.default_root_dir`).
+    """
+
+    id: str
+    label: str
+    group: str
+    methods: list[str]
+    kind: str
+    ratio: float | None
+    parent: str
+    retrain_tokens: int | None
+    parent_tokens: int | None
+    train_tokens: int
+    uses_parent_weights: bool
+    depends_on: list[str]
+    config: dict[str, Any]
+    config_path: Path
+    run_dir: Path
+    pattern: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config_text(self) -> str:
+        """The YAML written to `config_path` (hash-stable: keys keep their order)."""
+        header = (
+            f"# {self.label} of study arm {self.id}, written by `litprune study` (edit the study YAML, not this).\n"
+            f"#   litprune fit --config {self.config_path} --ckpt_path last\n"
+        )
+        return header + yaml.safe_dump(self.config, sort_keys=False, default_flow_style=False)
+
+    @property
+    def config_hash(self) -> str:
+        """sha256 of the config's content: a completed arm is reused only while its config is unchanged."""
+        return hashlib.sha256(json.dumps(self.config, sort_keys=True, default=str).encode()).hexdigest()
+
+    @property
+    def is_parent(self) -> bool:
+        return self.kind == "parent"
+
+
+def expand_study(spec: StudySpec) -> list[Arm]:
+    """All arms of a (checked) study, in dependency order, with their fit configs (nothing is written)."""
+    out = spec.out_path
+    arms: list[Arm] = []
+    parent_export: dict[str, str] = {}
+    for parent in spec.parents.values():
+        if parent.trained:
+            arm = _parent_arm(spec, parent, out)
+            arms.append(arm)
+            parent_export[parent.name] = str(arm.run_dir / "export")
+        else:
+            parent_export[parent.name] = str(parent.path)
+    pairs: dict[str, Arm] = {}
+    longs: dict[str, Arm] = {}
+    for method in spec.methods:
+        parent = spec.parents[spec.parent_of(method)]
+        for ratio in method.ratios:
+            for n in spec.retrain_tokens:
+                for arm in _method_arms(spec, method, float(ratio), n, parent, parent_export[parent.name], out):
+                    target = longs if arm.label == "S_M+N" else pairs
+                    if arm.id in target:
+                        target[arm.id].methods.append(method.method)
+                    else:
+                        target[arm.id] = arm
+    return arms + list(pairs.values()) + list(longs.values())
+
+
+def write_arm_configs(arms: list[Arm]) -> None:
+    """Write every arm's fit config (atomically; an unchanged file is left as is)."""
+    for arm in arms:
+        arm.config_path.parent.mkdir(parents=True, exist_ok=True)
+        text = arm.config_text
+        if arm.config_path.is_file() and arm.config_path.read_text(encoding="utf-8") == text:
+            continue
+        tmp = arm.config_path.with_name(f".{arm.config_path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(arm.config_path)
+
+
+# --------------------------------------------------------------------------------------------------- building
+def _parent_arm(spec: StudySpec, parent: ParentSpec, out: Path) -> Arm:
+    arm_id = parent.name
+    init = {"class_path": "litprune.models.init.RandomInit", "init_args": dict(parent.init)}
+    model = {
+        **spec.model,
+        **parent.model,
+        "arm": "P_M",
+        "preset": parent.preset,
+        "max_tokens": parent.tokens,
+        "init": init,
+    }
+    if parent.overrides:
+        model["overrides"] = dict(parent.overrides)
+    data = _data(spec, train=spec.slices.parent, keep=[spec.slices.parent])
+    config = _fit_config(spec, arm_id, out, model, data, parent.tokens, trainer_extra=parent.trainer)
+    return Arm(
+        id=arm_id,
+        label="P_M",
+        group=parent.name,
+        methods=[],
+        kind="parent",
+        ratio=None,
+        parent=parent.name,
+        retrain_tokens=None,
+        parent_tokens=parent.tokens,
+        train_tokens=parent.tokens,
+        uses_parent_weights=False,
+        depends_on=[],
+        config=config,
+        config_path=out / "configs" / f"{arm_id}.yaml",
+        run_dir=out / "runs" / arm_id,
+    )
+
+
+def _method_arms(spec, method: MethodSpec, ratio: float, n: int, parent: ParentSpec, export: str, out: Path):
+    from litprune.study.spec import _parent_tokens
+
+    m_tokens = _parent_tokens(parent)
+    depends = [parent.name] if parent.trained else []
+    kind = method.kind
+    if kind == "sparse":
+        pruned_group = scratch_group = f"{method.method}-{_pattern_tag(method.pattern)}-{ratio:g}"
+    else:
+        pruned_group, scratch_group = f"{method.method}-{ratio:g}", f"{kind}-{ratio:g}"
+    common = {
+        "kind": kind,
+        "ratio": ratio,
+        "parent": parent.name,
+        "retrain_tokens": n,
+        "parent_tokens": m_tokens,
+        "depends_on": depends,
+        "pattern": method.pattern if kind == "sparse" else None,
+    }
+    wanted = []
+    if "P_M-R_N" in spec.arms:
+        wanted.append(
+            ("P_M-R_N", pruned_group, _pruned_init(spec, method, ratio, export), n, True, spec.slices.retrain)
+        )
+    if "S_N" in spec.arms:
+        wanted.append(
+            (
+                "S_N",
+                scratch_group,
+                _scratch_init(spec, method, ratio, export, method.scratch),
+                n,
+                kind == "sparse" and method.scratch == "reinit",
+                spec.slices.retrain,
+            )
+        )
+    if kind == "sparse":
+        for control in method.controls:
+            wanted.append(
+                (
+                    f"S_N[{control}]",
+                    scratch_group,
+                    _scratch_init(spec, method, ratio, export, control),
+                    n,
+                    control == "reinit",
+                    spec.slices.retrain,
+                )
+            )
+    if "S_M+N" in spec.arms and m_tokens:
+        name, _ = long_slice(spec)
+        wanted.append(
+            (
+                "S_M+N",
+                scratch_group,
+                _scratch_init(spec, method, ratio, export, method.scratch),
+                m_tokens + n,
+                kind == "sparse" and method.scratch == "reinit",
+                name,
+            )
+        )
+    for label, group, init, tokens, uses_parent, train_slice in wanted:
+        arm_id = f"{group}.{_file_label(label)}.N{n}"
+        model = {**spec.model, "arm": label, "preset": None, "max_tokens": tokens, "init": init}
+        if label == "S_M+N":
+            name, slice_spec = long_slice(spec)
+            # Sparse scratch arms calibrate (to draw the method's mask) on the calibration slice, which must then
+            # lie outside the joined slice (checked by the study).
+            keep = [name, spec.slices.calibration] if kind == "sparse" else [name]
+            data = _data(spec, train=name, keep=keep, extra_slices={name: slice_spec} if slice_spec else None)
+        else:
+            data = _data(spec, train=train_slice, keep=[spec.slices.retrain, spec.slices.calibration])
+        callbacks = [_sparse_mask_callback()] if kind == "sparse" else []
+        config = _fit_config(spec, arm_id, out, model, data, tokens, callbacks=callbacks)
+        yield Arm(
+            id=arm_id,
+            label=label,
+            group=group,
+            methods=[method.method],
+            train_tokens=tokens,
+            uses_parent_weights=uses_parent,
+            config=config,
+            config_path=out / "configs" / f"{arm_id}.yaml",
+            run_dir=out / "runs" / arm_id,
+            **copy.deepcopy(common),
+        )
+
+
+def _pruned_init(spec: StudySpec, method: MethodSpec, ratio: float, export: str) -> dict[str, Any]:
+    calibration = {"slice": spec.slices.calibration, **spec.calibration}
+    if method.kind == "sparse":
+        return {
+            "class_path": "litprune.pruning.sparse_init.SparsePrune",
+            "init_args": {
+                "parent": export,
+                "method": method.method,
+                "ratio": ratio,
+                "pattern": str(method.pattern),
+                "calibration": calibration,
+                "control": "none",
+                "method_kwargs": dict(method.options),
+            },
+        }
+    return {
+        "class_path": "litprune.pruning.structured_init.StructuredPrune",
+        "init_args": {
+            "parent": export,
+            "method": method.method,
+            "ratio": ratio,
+            "convention": method.convention,
+            "calibration": calibration,
+            **method.options,
+        },
+    }
+
+
+def _scratch_init(spec: StudySpec, method: MethodSpec, ratio: float, export: str, control: str) -> dict[str, Any]:
+    seed = int(spec.scratch_init.get("seed", 0))
+    if method.kind == "sparse":
+        # The scratch arm keeps the method's mask, so it calibrates exactly as the pruned arm does.
+        init = _pruned_init(spec, method, ratio, export)
+        init["init_args"].update({"control": control, "control_seed": seed})
+        return init
+    return {
+        "class_path": "litprune.pruning.structured_init.ScratchTarget",
+        "init_args": {
+            "parent": export,
+            "method": method.kind,
+            "ratio": ratio,
+            "convention": method.convention,
+            "seed": seed,
+            "scheme": spec.scratch_init.get("scheme", "normal"),
+        },
+    }
+
+
+def _sparse_mask_callback() -> dict[str, Any]:
+    return {
+        "class_path": SPARSE_MASK,
+        "init_args": {
+            "mask_source": "module",
+            "schedule": "none",
+            "semantics": "explicit",
+            "clip_on": "unmasked",
+        },
+    }
+
+
+def _data(spec: StudySpec, train: str, keep: list[str], extra_slices: dict | None = None) -> dict[str, Any]:
+    """The arm's data settings: the study's, with only the slices this arm reads (slices of one data module must
+    not overlap, and `S_M+N`'s joined slice overlaps the others)."""
+    data = copy.deepcopy(spec.data)
+    val, test = data.get("val_slice", "val"), data.get("test_slice", "test")
+    defined = data.get("slices")
+    if isinstance(defined, dict) or extra_slices:
+        names = [*keep, val, test]
+        chosen = {k: v for k, v in (defined or {}).items() if k in names}
+        chosen.update(extra_slices or {})
+        data["slices"] = chosen
+    data["train_slice"] = train
+    return {"class_path": DATA_MODULE, "init_args": data}
+
+
+def _fit_config(spec, arm_id, out, model, data, tokens, callbacks=None, trainer_extra=None) -> dict[str, Any]:
+    trainer = copy.deepcopy(spec.trainer)
+    trainer.update(copy.deepcopy(trainer_extra or {}))
+    trainer["default_root_dir"] = str(out / "runs" / arm_id)
+    step = _tokens_per_step(spec)
+    steps = max(1, tokens // step)
+    interval = max(1, steps // spec.curve_points)
+    trainer.setdefault("val_check_interval", interval)
+    trainer.setdefault("log_every_n_steps", max(1, min(interval, 10)))
+    trainer["check_val_every_n_epoch"] = None
+    if callbacks:
+        trainer["callbacks"] = [*(trainer.get("callbacks") or []), *callbacks]
+    checkpoint = {"every_n_train_steps": interval, **copy.deepcopy(spec.checkpoint)}
+    return {
+        "seed_everything": spec.seed_everything,
+        "trainer": trainer,
+        "checkpoint": checkpoint,
+        "model": {"class_path": CAUSAL_LM, "init_args": model},
+        "data": data,
+    }
+
+
+def _tokens_per_step(spec: StudySpec) -> int:
+    devices = spec.trainer.get("devices", 1)
+    devices = devices if isinstance(devices, int) else 1
+    return (
+        spec.data.get("seq_len", 256)
+        * spec.data.get("micro_batch_size", 8)
+        * spec.trainer.get("accumulate_grad_batches", 1)
+        * devices
+        * spec.trainer.get("num_nodes", 1)
+    )
+
+
+def _pattern_tag(pattern: str) -> str:
+    return str(pattern).replace(":", "of")
+
+
+def _file_label(label: str) -> str:
+    return label.replace("[", "-").replace("]", "")
