@@ -73,3 +73,21 @@ def tiny_run_args(run_dir: Path, max_tokens: int = 8192, **extra: str) -> list[s
     ]
     args += [f"--{key}={value}" for key, value in extra.items()]
     return args
+
+
+def train_tiny_parent(run_dir: Path, max_tokens: int) -> Path:
+    """Train the tests' tiny parent with `litprune fit` (tests/configs/tiny_fit.yaml); return its export dir."""
+    from litprune.cli.lightning_cli import LitpruneCLI
+
+    LitpruneCLI(args=tiny_run_args(run_dir, max_tokens, **{"trainer.enable_progress_bar": "false"}))
+    return run_dir / "export"
+
+
+@pytest.fixture(scope="module")
+def tiny_data(embedded_cache):
+    """The data module of the tests' runs (same settings as tests/configs/tiny_fit.yaml), set up."""
+    from litprune.data.datamodule import TokenDataModule
+
+    module = TokenDataModule(vocab_size=TEST_VOCAB, seq_len=32, micro_batch_size=8, val_max_windows=16)
+    module.setup("fit")
+    return module

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TEST_VOCAB, tiny_run_args
+from conftest import tiny_run_args, train_tiny_parent
 from lightning.pytorch import Callback
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
@@ -52,17 +52,12 @@ class FailAtStep(Callback):
 @pytest.fixture(scope="module")
 def parent(embedded_cache, tmp_path_factory) -> Path:
     """The export of a tiny parent trained for 16 steps on the embedded corpus (vocab 512)."""
-    run_dir = tmp_path_factory.mktemp("parent") / "run"
-    LitpruneCLI(args=tiny_run_args(run_dir, 4096, **{"trainer.enable_progress_bar": "false"}))
-    return run_dir / "export"
+    return train_tiny_parent(tmp_path_factory.mktemp("parent") / "run", 4096)
 
 
 @pytest.fixture(scope="module")
-def data(embedded_cache) -> TokenDataModule:
-    """The data module of the tests' runs (same settings as tests/configs/tiny_fit.yaml), set up."""
-    module = TokenDataModule(vocab_size=TEST_VOCAB, seq_len=32, micro_batch_size=8, val_max_windows=16)
-    module.setup("fit")
-    return module
+def data(tiny_data) -> TokenDataModule:
+    return tiny_data
 
 
 def _sparse_init(parent: Path, **init_args) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TEST_VOCAB, make_tiny_llama, tiny_run_args
+from conftest import TEST_VOCAB, make_tiny_llama, tiny_run_args, train_tiny_parent
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
 from litprune.cli.lightning_cli import LitpruneCLI
@@ -48,17 +48,12 @@ SMALL_CALIBRATION = {"slice": "train", "nsamples": 8, "seqlen": 32, "seed": 3}
 @pytest.fixture(scope="module")
 def parent(embedded_cache, tmp_path_factory) -> Path:
     """The export of a tiny parent trained for 32 steps on the embedded corpus (vocab 512)."""
-    run_dir = tmp_path_factory.mktemp("parent") / "run"
-    LitpruneCLI(args=tiny_run_args(run_dir, 8192, **{"trainer.enable_progress_bar": "false"}))
-    return run_dir / "export"
+    return train_tiny_parent(tmp_path_factory.mktemp("parent") / "run", 8192)
 
 
 @pytest.fixture(scope="module")
-def data(embedded_cache) -> TokenDataModule:
-    """The data module of the tests' runs (same settings as tests/configs/tiny_fit.yaml), set up."""
-    module = TokenDataModule(vocab_size=TEST_VOCAB, seq_len=32, micro_batch_size=8, val_max_windows=16)
-    module.setup("fit")
-    return module
+def data(tiny_data) -> TokenDataModule:
+    return tiny_data
 
 
 def _fit_with_init(run_dir: Path, init: dict, arm: str) -> dict:
