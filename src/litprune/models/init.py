@@ -154,11 +154,11 @@ class FromPretrained(InitStrategy):
         record: dict[str, Any] = {"strategy": "from_pretrained", "path": self.path}
         local = Path(self.path).expanduser()
         masks: dict[str, torch.Tensor] = {}
-        from litprune.pruning.sparse_export import MASKS_FILE, RECORD_FILE, _check_zeros, load_masks
+        from litprune.pruning.sparse_export import MASKS_FILE, RECORD_FILE, check_zeros, load_masks
 
         if (local / MASKS_FILE).is_file():
             masks = load_masks(local)
-            _check_zeros(model, masks, f"FromPretrained({self.path!r})")
+            check_zeros(model, masks, f"FromPretrained({self.path!r})")
             record_file = local / RECORD_FILE
             record["sparsity"] = json.loads(record_file.read_text(encoding="utf-8")) if record_file.is_file() else {}
         return InitResult(model=model, record=record, masks=masks)

@@ -30,12 +30,12 @@ from litprune.pruning.wanda import prune_wanda
 METHODS = {"magnitude": prune_magnitude, "wanda": prune_wanda, "sparsegpt": prune_sparsegpt}
 """Sparse methods by registry name."""
 
-_METHOD_KWARGS: dict[str, set[str]] = {
+METHOD_KWARGS: dict[str, set[str]] = {
     "magnitude": set(),
     "wanda": {"batch_size"},
     "sparsegpt": {"blocksize", "percdamp", "batch_size"},
 }
-_NEEDS_DATA = {"wanda", "sparsegpt"}
+CALIBRATED_METHODS = {"wanda", "sparsegpt"}
 
 
 @dataclass
@@ -128,12 +128,12 @@ def _validate(
         if not parsed.is_nm and ratio is None:
             problems.append("pattern='unstructured' needs a ratio (the pruned fraction in [0, 1)), e.g. ratio=0.5.")
 
-    unknown = sorted(set(method_kwargs) - _METHOD_KWARGS[method])
+    unknown = sorted(set(method_kwargs) - METHOD_KWARGS[method])
     if unknown:
-        allowed = sorted(_METHOD_KWARGS[method]) or "none"
+        allowed = sorted(METHOD_KWARGS[method]) or "none"
         problems.append(f"Unknown option(s) {unknown} for method {method!r}; it accepts: {allowed}.")
 
-    if method in _NEEDS_DATA:
+    if method in CALIBRATED_METHODS:
         if windows is None:
             problems.append(
                 f"Method {method!r} needs calibration data: pass windows=[nsamples, seqlen] token ids "
@@ -159,9 +159,9 @@ def _validate(
     try:
         layers_prefix, _ = decoder_layers(model)
     except ValueError as err:
-        if method in _NEEDS_DATA:
+        if method in CALIBRATED_METHODS:
             problems.append(str(err))
-    if method in _NEEDS_DATA and layers_prefix is not None:
+    if method in CALIBRATED_METHODS and layers_prefix is not None:
         outside = [name for name in selected if layer_index_of(name, layers_prefix) is None]
         if outside:
             problems.append(
@@ -240,7 +240,7 @@ def prune_sparse(
 
     masks = {f"{name}.weight": keep for name, keep in module_masks.items()}
     calibration_record = None
-    if method in _NEEDS_DATA:
+    if method in CALIBRATED_METHODS:
         calibration_record = {"nsamples": int(windows.shape[0]), "seqlen": int(windows.shape[1]), **(calibration or {})}
     record = {
         "method": method,

@@ -35,7 +35,7 @@ RECORD_FILE = "sparsity.json"
 _FORMAT = "litprune-packbits-v1"
 
 
-def _check_zeros(model: nn.Module, masks: dict[str, Tensor], context: str) -> None:
+def check_zeros(model: nn.Module, masks: dict[str, Tensor], context: str) -> None:
     params = dict(model.named_parameters(remove_duplicate=False))
     problems = []
     for name, mask in masks.items():
@@ -134,7 +134,7 @@ def save_sparse(
         FileExistsError: `out_dir` exists and `overwrite` is False.
     """
     out_dir = Path(out_dir)
-    _check_zeros(model, masks, "save_sparse")
+    check_zeros(model, masks, "save_sparse")
     try:
         record_text = json.dumps(record, indent=2, sort_keys=True)
     except (TypeError, ValueError) as err:
@@ -190,5 +190,5 @@ def load_sparse(path: str | os.PathLike, **from_pretrained_kwargs: Any) -> tuple
     masks = load_masks(path)
     record = json.loads(record_file.read_text())
     model = AutoModelForCausalLM.from_pretrained(path, **from_pretrained_kwargs)
-    _check_zeros(model, masks, f"load_sparse({str(path)!r})")
+    check_zeros(model, masks, f"load_sparse({str(path)!r})")
     return model, masks, record

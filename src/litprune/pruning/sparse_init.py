@@ -38,10 +38,10 @@ from transformers import PretrainedConfig
 from litprune.models.init import InitResult, InitStrategy, load_causal_lm
 from litprune.models.params import count_parameters
 from litprune.pruning.calibration_data import Calibration
+from litprune.pruning.parent import check_run_data, local_config_path, parent_record, read_parent_config
 from litprune.pruning.patterns import parse_pattern
 from litprune.pruning.reinit import random_init_random_mask, random_init_same_mask, reinit_surviving
-from litprune.pruning.sparse import _METHOD_KWARGS, _NEEDS_DATA, METHODS, prune_sparse
-from litprune.pruning.structured_init import _local_config_path, check_run_data, parent_record, read_parent_config
+from litprune.pruning.sparse import CALIBRATED_METHODS, METHOD_KWARGS, METHODS, prune_sparse
 
 CONTROLS: dict[str, str] = {
     "none": "the pruned parent's weights (P_M-R_N)",
@@ -152,9 +152,9 @@ class SparsePrune(InitStrategy):
         if not isinstance(method_kwargs, dict):
             problems.append(f"method_kwargs={method_kwargs!r} must be a mapping of option names to values.")
         elif method in METHODS:
-            unknown = sorted(set(method_kwargs) - _METHOD_KWARGS[method])
+            unknown = sorted(set(method_kwargs) - METHOD_KWARGS[method])
             if unknown:
-                allowed = ", ".join(sorted(_METHOD_KWARGS[method])) or "none"
+                allowed = ", ".join(sorted(METHOD_KWARGS[method])) or "none"
                 problems.append(f"method_kwargs {unknown} do not apply to {method!r}; it accepts: {allowed}.")
         calibration = Calibration.coerce(calibration, problems)
         if problems:
@@ -168,7 +168,7 @@ class SparsePrune(InitStrategy):
         self.control = control
         self.control_seed = int(control_seed)
         self.method_kwargs = dict(method_kwargs)
-        if _local_config_path(self.parent) is not None:
+        if local_config_path(self.parent) is not None:
             self.check_parent()
 
     @property
@@ -178,7 +178,7 @@ class SparsePrune(InitStrategy):
     @property
     def needs_data(self) -> bool:
         """Whether the method calibrates on data (Wanda, SparseGPT)."""
-        return self.method in _NEEDS_DATA
+        return self.method in CALIBRATED_METHODS
 
     def check_parent(self) -> PretrainedConfig:
         """Check the parent's config (no weights are read) and return it.

@@ -455,7 +455,7 @@ def _check_parent(spec: StudySpec, parent: ParentSpec, step: int | None, vocab: 
         )
     local = Path(parent.path).expanduser()
     if (local / "config.json").is_file():
-        from litprune.pruning.structured_init import read_parent_config
+        from litprune.pruning.parent import read_parent_config
 
         try:
             return read_parent_config(str(local))

@@ -1,0 +1,138 @@
+"""The parent of a pruned initialisation: its config, its litprune provenance, and the checks that the run's data
+fits it (same tokenizer, training windows within its positions). Shared by the structured and sparse inits.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+
+from litprune.models.init import check_model_family
+
+
+def read_parent_config(parent: str) -> PretrainedConfig:
+    """Read the parent's `config.json` (no weights) and check it is a Llama-layout model.
+
+    Raises:
+        FileNotFoundError: `parent` looks local but holds no `config.json`.
+        ValueError: the parent's `model_type` is not a Llama-layout family.
+    """
+    local = Path(parent).expanduser()
+    looks_local = parent.startswith((".", "/", "~")) or local.exists()
+    if looks_local and not (local / "config.json").is_file():
+        raise FileNotFoundError(
+            f"No parent checkpoint at {parent!r} (expected {local / 'config.json'}). Point parent at a directory "
+            "written by save_pretrained, e.g. runs/tiny_scratch/export after `litprune fit --config "
+            "configs/experiment/tiny_scratch.yaml`."
+        )
+    config = AutoConfig.from_pretrained(str(local) if looks_local else parent)
+    check_model_family(config, parent)
+    return config
+
+
+def parent_record(parent: str) -> dict[str, Any]:
+    """The parent's path, plus its own run record (arm, tokens seen, ...) when it is a litprune export."""
+    record: dict[str, Any] = {"path": parent}
+    run = _litprune_record(parent).get("run")
+    if run:
+        record["run"] = {key: run.get(key) for key in ("arm", "max_tokens", "tokens_seen", "parameters")}
+    return record
+
+
+def check_run_data(parent: str, parent_config: PretrainedConfig, data: Any) -> None:
+    """Check that the run's data fits the parent: same tokenizer, training windows within its positions.
+
+    Nothing is checked when `data` is None (outside a Trainer). The tokenizer must be the parent's: the parent's
+    `vocab_size` must equal the tokenizer's size, except when the parent's own tokenizer (exported with it) is
+    the run's tokenizer, which proves a padded embedding; and where the parent records its tokenizer (its
+    tokenizer files or `litprune.json`), it must be the same tokenizer.
+
+    Raises:
+        ValueError: tokenizer mismatch (both sizes are named), or `data.seq_len` above the parent's positions.
+    """
+    if data is None:
+        return
+    tokenizer = run_tokenizer(data)
+    if tokenizer is not None:
+        _check_tokenizer(parent, parent_config, tokenizer)
+    seq_len = getattr(data, "seq_len", None)
+    max_positions = getattr(parent_config, "max_position_embeddings", None)
+    if seq_len is not None and max_positions is not None and int(seq_len) > int(max_positions):
+        raise ValueError(
+            f"data.init_args.seq_len={seq_len} exceeds the parent's max_position_embeddings={max_positions} "
+            f"({parent!r}). Lower seq_len to at most {max_positions}."
+        )
+
+
+def _check_tokenizer(parent: str, parent_config: PretrainedConfig, tokenizer: Any) -> None:
+    from litprune.data.tokenizer import tokenizer_identity
+
+    run_size, parent_vocab = len(tokenizer), int(parent_config.vocab_size)
+    try:
+        run_identity = tokenizer_identity(tokenizer)
+    except TypeError:
+        run_identity = None  # a slow tokenizer has no identity hash; the size checks still apply
+    parent_size, parent_identity = _parent_tokenizer(parent)
+    if run_identity is not None and parent_identity is not None and run_identity != parent_identity:
+        raise ValueError(
+            f"The run's tokenizer ({run_size} tokens, identity {run_identity[:12]}) is not the parent's tokenizer "
+            f"({parent_size} tokens, identity {parent_identity[:12]}, recorded in {parent!r}); the parent's "
+            f"embedding rows ({parent_vocab}) belong to its own tokenizer. Set data.init_args.tokenizer to the "
+            "parent's tokenizer (a litprune export holds it) or use the parent's data settings."
+        )
+    padded = parent_size == run_size and parent_identity is not None and run_size <= parent_vocab
+    if run_size != parent_vocab and not padded:
+        raise ValueError(
+            f"The run's tokenizer has {run_size} tokens but the parent {parent!r} has vocab_size={parent_vocab}: "
+            "a pruned model keeps the parent's embedding, so the run must use the parent's tokenizer. Set "
+            "data.init_args.tokenizer (or vocab_size for the embedded BPE) to the parent's."
+        )
+
+
+def _parent_tokenizer(parent: str) -> tuple[int | None, str | None]:
+    """(size, identity) of the tokenizer the parent records, or (None, None) when it records none."""
+    from litprune.data.tokenizer import tokenizer_identity
+
+    local = Path(parent).expanduser()
+    if (local / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        parent_tokenizer = AutoTokenizer.from_pretrained(str(local))
+        try:
+            return len(parent_tokenizer), tokenizer_identity(parent_tokenizer)
+        except TypeError:
+            return len(parent_tokenizer), None
+    data = _litprune_record(parent).get("data") or {}
+    if data.get("tokenizer"):
+        return data.get("vocab_size"), data["tokenizer"]
+    return None, None
+
+
+def _litprune_record(parent: str) -> dict[str, Any]:
+    path = Path(parent).expanduser() / "litprune.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(
+            f"{str(path)!r} is not valid JSON ({err}); the parent's run record is damaged. Restore it, or delete it "
+            "to prune the parent without its litprune provenance."
+        ) from err
+
+
+def run_tokenizer(data: Any) -> Any:
+    """The run's tokenizer from its data module (loading it if needed), or None without one."""
+    tokenizer = getattr(data, "tokenizer", None)
+    if tokenizer is None and hasattr(data, "load_tokenizer"):
+        tokenizer = data.load_tokenizer()
+    return tokenizer
+
+
+def local_config_path(parent: str) -> Path | None:
+    """The parent's `config.json` when the parent is a local directory that holds one, else None."""
+    path = Path(parent).expanduser() / "config.json"
+    return path if path.is_file() else None
