@@ -25,7 +25,7 @@ from lightning.pytorch import Callback
 
 from litprune.cli.lightning_cli import LitpruneCLI
 from litprune.data.datamodule import TokenDataModule
-from litprune.models.init import RandomInit
+from litprune.inits import RandomInit
 from litprune.models.presets import build_llama_config
 from litprune.training.lr_schedule import WarmupCosine
 

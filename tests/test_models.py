@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from litprune.models.init import FromPretrained, RandomInit
+from litprune.inits import FromPretrained, RandomInit
 from litprune.models.params import count_parameters
 from litprune.models.presets import build_llama_config, preset_names
 

@@ -10,8 +10,8 @@ from conftest import make_tiny_llama
 from safetensors.torch import load_file, save_file
 from transformers import LlamaForCausalLM
 
+from litprune.models.sparse_checkpoint import MASKS_FILE, RECORD_FILE, load_masks, load_sparse, save_masks, save_sparse
 from litprune.pruning.sparse import prune_sparse
-from litprune.pruning.sparse_export import MASKS_FILE, RECORD_FILE, load_masks, load_sparse, save_masks, save_sparse
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 
-from litprune.pruning.reinit import random_init_random_mask, random_init_same_mask, reinit_surviving
+from litprune.inits.sparse_controls import random_init_random_mask, random_init_same_mask, reinit_surviving
 from litprune.pruning.sparse import prune_sparse
 
 

@@ -18,10 +18,10 @@ from transformers import AutoModelForCausalLM
 from litprune.data.datamodule import TokenDataModule
 from litprune.eval.harness import evaluate_tasks
 from litprune.eval.offline_tasks import NEXT_LINE
+from litprune.inits.structured import StructuredPrune
 from litprune.pruning.depth import remove_layers
 from litprune.pruning.scorers import check_scorer, make_task_scorer, resolve_scorer
 from litprune.pruning.structured import prune_structured
-from litprune.pruning.structured_init import StructuredPrune
 
 LIMIT = 12
 MAX_EXAMPLES = 16

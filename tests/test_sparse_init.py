@@ -19,10 +19,10 @@ from transformers import AutoModelForCausalLM
 
 from litprune.cli.lightning_cli import LitpruneCLI
 from litprune.data.datamodule import TokenDataModule
-from litprune.models.init import FromPretrained
-from litprune.pruning.calibration_data import Calibration
-from litprune.pruning.sparse_export import MASKS_FILE, RECORD_FILE, load_masks
-from litprune.pruning.sparse_init import SparsePrune
+from litprune.inits import FromPretrained
+from litprune.inits.calibration import Calibration
+from litprune.inits.sparse import SparsePrune
+from litprune.models.sparse_checkpoint import MASKS_FILE, RECORD_FILE, load_masks
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = [
@@ -62,7 +62,7 @@ def data(tiny_data) -> TokenDataModule:
 
 def _sparse_init(parent: Path, **init_args) -> dict:
     args = {"parent": str(parent), "calibration": SMALL_CALIBRATION, **init_args}
-    return {"class_path": "litprune.pruning.sparse_init.SparsePrune", "init_args": args}
+    return {"class_path": "litprune.inits.SparsePrune", "init_args": args}
 
 
 def _fit(run_dir: Path, init: dict, arm: str = "P_M-R_N", callbacks: list | None = None, *extra: str) -> LitpruneCLI:
@@ -191,7 +191,7 @@ def test_sparse_export_round_trips_through_from_pretrained(parent, tmp_path):
 
     # Retraining the export keeps its masks and writes them again.
     second = tmp_path / "second"
-    init = {"class_path": "litprune.models.init.FromPretrained", "init_args": {"path": str(first / "export")}}
+    init = {"class_path": "litprune.inits.FromPretrained", "init_args": {"path": str(first / "export")}}
     _fit(second, init, "P_M-R_N")
     again = load_masks(second / "export")
     assert all(torch.equal(again[name], masks[name]) for name in masks)

@@ -20,9 +20,9 @@ from litprune.cli.lightning_cli import LitpruneCLI
 from litprune.data.datamodule import TokenDataModule
 from litprune.data.store import TokenStore
 from litprune.data.tokenizer import train_bpe_tokenizer
-from litprune.pruning.calibration_data import Calibration
+from litprune.inits import ScratchTarget, StructuredPrune
+from litprune.inits.calibration import Calibration
 from litprune.pruning.shapes import solve_shape
-from litprune.pruning.structured_init import ScratchTarget, StructuredPrune
 
 REPO = Path(__file__).resolve().parents[1]
 NEW_CONFIGS = [
@@ -73,7 +73,7 @@ def _fit_with_init(run_dir: Path, init: dict, arm: str) -> dict:
 @pytest.mark.parametrize("method", ["minitron_depth", "shortgpt", "minitron_width"])
 def test_pruned_init_retrains_end_to_end(method, parent, tmp_path):
     init = {
-        "class_path": "litprune.pruning.structured_init.StructuredPrune",
+        "class_path": "litprune.inits.StructuredPrune",
         "init_args": {"parent": str(parent), "method": method, "ratio": 0.5, "calibration": SMALL_CALIBRATION},
     }
     run_dir = tmp_path / method
@@ -122,7 +122,7 @@ def test_pruned_init_retrains_end_to_end(method, parent, tmp_path):
 
 def test_scratch_target_fit_end_to_end(parent, tmp_path):
     init = {
-        "class_path": "litprune.pruning.structured_init.ScratchTarget",
+        "class_path": "litprune.inits.ScratchTarget",
         "init_args": {"parent": str(parent), "method": "width", "ratio": 0.5, "seed": 0},
     }
     results = _fit_with_init(tmp_path / "scratch", init, arm="S_N")

@@ -6,7 +6,7 @@ it with `from_pretrained`; litprune uses it as a parent (`FromPretrained(path=..
 The directory is written beside the final location and renamed into place, so it is complete or absent.
 
 A sparse run (one whose masks a `SparseMask` callback keeps, e.g. a `SparsePrune` init) is exported in the layout
-of `litprune.pruning.sparse_export`: the pruned weights are zeros in place (plain `from_pretrained` still loads
+of `litprune.models.sparse_checkpoint`: the pruned weights are zeros in place (plain `from_pretrained` still loads
 it), `sparsity_masks.safetensors` holds the keep-masks keyed by the Hugging Face parameter names and
 `sparsity.json` the pruning record with the measured sparsity. `FromPretrained` of such an export hands the masks
 back, so a further run keeps them too.
@@ -22,6 +22,8 @@ from typing import Any
 
 from lightning.pytorch import Callback
 from torch import Tensor
+
+from litprune.inits.masks import module_masks
 
 # Keys of a sparse init's record (`SparsePrune`) that describe the masks; copied into `sparsity.json`.
 _SPARSE_RECORD_KEYS = ("method", "pattern", "ratio", "targets", "num_targets", "method_kwargs", "calibration")
@@ -52,10 +54,11 @@ class HFExport(Callback):
         self.path: Path | None = None
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        if not self.sparse or not getattr(pl_module, "pruning_masks", None) or _mask_callbacks(trainer):
+        initial = module_masks(pl_module)
+        if not self.sparse or not initial or _mask_callbacks(trainer):
             return
         raise ValueError(
-            f"The model starts with {len(pl_module.pruning_masks)} sparsity masks (a sparse init such as SparsePrune "
+            f"The model starts with {len(initial)} sparsity masks (a sparse init such as SparsePrune "
             "or a sparse export), but no SparseMask callback keeps them, so training would make the pruned weights "
             "non-zero. Add `--config callbacks/sparse_mask_from_init.yaml` (SparseMask with mask_source: module), "
             "or set `--export.sparse=false` to train and export densely."
@@ -89,7 +92,7 @@ class HFExport(Callback):
         for callback in _mask_callbacks(trainer):
             masks.update(callback.masks)
         if not masks:
-            masks = dict(getattr(pl_module, "pruning_masks", None) or {})
+            masks = dict(module_masks(pl_module) or {})
         return {name.removeprefix("model."): mask for name, mask in masks.items() if name.startswith("model.")}
 
 
@@ -120,7 +123,7 @@ def export_model(
     """Atomically write `model` (+ tokenizer and `litprune.json`) to `out_dir`, replacing an older export.
 
     With `masks` (keyed by the model's parameter names), the checkpoint is written by
-    `litprune.pruning.sparse_export.save_sparse`, which first checks that every masked-out weight is exactly 0,
+    `litprune.models.sparse_checkpoint.save_sparse`, which first checks that every masked-out weight is exactly 0,
     and also holds `sparsity_masks.safetensors` and `sparsity.json` (`sparse_record`). `state_dict` (full,
     gathered from a sharded model) replaces the model's own tensors when given.
 
@@ -132,7 +135,7 @@ def export_model(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         if masks:
-            from litprune.pruning.sparse_export import save_sparse
+            from litprune.models.sparse_checkpoint import save_sparse
 
             # save_sparse replaces the (empty) temporary directory with the complete sparse checkpoint.
             save_sparse(model, masks, sparse_record or {}, tmp, tokenizer=tokenizer, overwrite=True)

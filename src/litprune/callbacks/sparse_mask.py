@@ -34,7 +34,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from litprune.callbacks.activation_norms import ActivationNorms
+from litprune.inits.masks import MASKS_ATTRIBUTE, module_masks
+from litprune.pruning.activation_norms import ActivationNorms
 from litprune.pruning.patterns import nm_mask, parse_pattern, unstructured_mask
 from litprune.pruning.schedules import cubic_sparsity, last_pruning_step, nm_prune_count, validate_schedule
 
@@ -201,7 +202,7 @@ class SparseMask(Callback):
         strict_restore: bool = True,
         log_every_n_steps: int | None = None,
         log_per_parameter: bool = True,
-        masks_attribute: str = "pruning_masks",
+        masks_attribute: str = MASKS_ATTRIBUTE,
     ) -> None:
         problems: list[str] = []
 
@@ -676,7 +677,7 @@ class SparseMask(Callback):
             return {name: torch.ones_like(p, dtype=torch.bool) for name, p in self._params.items()}
         if self.mask_source == "zeros":
             return {name: p.detach() != 0 for name, p in self._params.items()}
-        given = getattr(pl_module, self.masks_attribute, None)
+        given = module_masks(pl_module, self.masks_attribute)
         if not isinstance(given, dict):
             raise ValueError(
                 f"mask_source='module' reads `{self.masks_attribute}` (dict of parameter name -> bool mask) from "

@@ -21,7 +21,9 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import LlamaConfig, PreTrainedModel
 
-from litprune.models.init import InitResult, InitStrategy, RandomInit
+from litprune.inits.base import InitResult, InitStrategy
+from litprune.inits.masks import attach_masks
+from litprune.inits.random import RandomInit
 from litprune.models.params import count_parameters
 from litprune.models.presets import build_llama_config
 from litprune.training.budget import TokenBudget
@@ -91,7 +93,7 @@ class CausalLM(LightningModule):
         self.model: PreTrainedModel | None = None
         self.init_record: dict[str, Any] = {}
         self.init_tokens: dict[str, int] = {}
-        self.pruning_masks: dict[str, torch.Tensor] = {}
+        attach_masks(self, {})
         self.tokens_seen = 0
         # Set by `litprune fit --ckpt_path`: the model is then built from the checkpoint's architecture and its
         # weights come from the checkpoint, so a pruned init is not pruned (nor its parent loaded) again.
@@ -142,7 +144,7 @@ class CausalLM(LightningModule):
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.init_record = dict(result.record)
         self.init_tokens = dict(result.tokens)
-        self.pruning_masks = {f"model.{name}": mask for name, mask in result.masks.items()}
+        attach_masks(self, result.masks, prefix="model.")
 
     def parameter_counts(self) -> dict[str, int]:
         if self.model is None:

@@ -144,7 +144,7 @@ def write_arm_configs(arms: list[Arm]) -> None:
 # --------------------------------------------------------------------------------------------------- building
 def _parent_arm(spec: StudySpec, parent: ParentSpec, out: Path) -> Arm:
     arm_id = parent.name
-    init = {"class_path": "litprune.models.init.RandomInit", "init_args": dict(parent.init)}
+    init = {"class_path": "litprune.inits.RandomInit", "init_args": dict(parent.init)}
     model = {
         **spec.model,
         **parent.model,
@@ -266,7 +266,7 @@ def _pruned_init(spec: StudySpec, method: MethodSpec, ratio: float, export: str)
     calibration = {"slice": spec.slices.calibration, **spec.calibration}
     if method.kind == "sparse":
         return {
-            "class_path": "litprune.pruning.sparse_init.SparsePrune",
+            "class_path": "litprune.inits.SparsePrune",
             "init_args": {
                 "parent": export,
                 "method": method.method,
@@ -278,7 +278,7 @@ def _pruned_init(spec: StudySpec, method: MethodSpec, ratio: float, export: str)
             },
         }
     return {
-        "class_path": "litprune.pruning.structured_init.StructuredPrune",
+        "class_path": "litprune.inits.StructuredPrune",
         "init_args": {
             "parent": export,
             "method": method.method,
@@ -298,7 +298,7 @@ def _scratch_init(spec: StudySpec, method: MethodSpec, ratio: float, export: str
         init["init_args"].update({"control": control, "control_seed": seed})
         return init
     return {
-        "class_path": "litprune.pruning.structured_init.ScratchTarget",
+        "class_path": "litprune.inits.ScratchTarget",
         "init_args": {
             "parent": export,
             "method": method.kind,

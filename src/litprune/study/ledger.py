@@ -295,7 +295,7 @@ def _planned_parameters(spec: StudySpec, arms: list[Arm]) -> dict[str, int]:
 
                 config = build_llama_config(parent.preset, parent.overrides, vocab_size=_data_vocab(spec) or 32000)
             else:
-                from litprune.pruning.parent import read_parent_config
+                from litprune.inits.parent import read_parent_config
 
                 config = read_parent_config(str(parent.path))
         except (OSError, ValueError):

@@ -40,7 +40,7 @@ import yaml
 from litprune.pruning.structured import STRUCTURED_METHODS
 
 SPARSE_METHODS: tuple[str, ...] = ("wanda", "sparsegpt", "magnitude")
-"""Sparse methods the study can run (`litprune.pruning.sparse_init.SparsePrune`)."""
+"""Sparse methods the study can run (`litprune.inits.SparsePrune`)."""
 
 SPARSE_CONTROLS: tuple[str, ...] = ("reinit", "random_same_mask", "random_fresh_mask")
 """Sparse scratch starting points (`SparsePrune(control=...)`); `reinit` is the paper's."""
@@ -455,7 +455,7 @@ def _check_parent(spec: StudySpec, parent: ParentSpec, step: int | None, vocab: 
         )
     local = Path(parent.path).expanduser()
     if (local / "config.json").is_file():
-        from litprune.pruning.parent import read_parent_config
+        from litprune.inits.parent import read_parent_config
 
         try:
             return read_parent_config(str(local))
@@ -611,7 +611,7 @@ def long_slice(spec: StudySpec) -> tuple[str, dict[str, Any] | None]:
 
 
 def _check_calibration(spec: StudySpec, problems: list[str]) -> None:
-    from litprune.pruning.calibration_data import Calibration
+    from litprune.inits.calibration import Calibration
 
     unknown = sorted(set(spec.calibration) - {"nsamples", "seqlen", "seed"})
     if unknown:

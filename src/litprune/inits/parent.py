@@ -10,7 +10,7 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
-from litprune.models.init import check_model_family
+from litprune.models.loading import check_model_family
 
 
 def read_parent_config(parent: str) -> PretrainedConfig:

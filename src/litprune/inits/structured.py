@@ -6,7 +6,7 @@ with the same data and recipe; only the first weights differ:
 ```yaml
 # P_M-R_N: prune the parent by depth at ratio 0.5, then retrain
 init:
-  class_path: litprune.pruning.structured_init.StructuredPrune
+  class_path: litprune.inits.StructuredPrune
   init_args:
     parent: runs/tiny_scratch/export
     method: minitron_depth          # or shortgpt, minitron_width
@@ -17,7 +17,7 @@ init:
     # offline; `scorer_limit: n` scores the first n examples only.
 # S_N: the architecture that pruning produces, from random init
 init:
-  class_path: litprune.pruning.structured_init.ScratchTarget
+  class_path: litprune.inits.ScratchTarget
   init_args: {parent: runs/tiny_scratch/export, method: depth, ratio: 0.5, seed: 0}
 ```
 
@@ -32,21 +32,20 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import torch
-from transformers import AutoModelForCausalLM, PretrainedConfig
+from transformers import PretrainedConfig
 
-from litprune.models.init import InitResult, InitStrategy, RandomInit, load_causal_lm
-from litprune.models.params import count_parameters
-from litprune.pruning.calibration_data import Calibration
-from litprune.pruning.parent import (
+from litprune.inits.base import InitResult, InitStrategy
+from litprune.inits.calibration import Calibration
+from litprune.inits.parent import (
     check_run_data,
     local_config_path,
     parent_record,
     read_parent_config,
     run_tokenizer,
 )
+from litprune.models.loading import load_causal_lm
 from litprune.pruning.scorers import check_scorer, is_task_scorer
 from litprune.pruning.shapes import ShapePlan, check_convention, check_ratio_open, solve_shape
 from litprune.pruning.structured import STRUCTURED_METHODS, prune_structured
@@ -70,7 +69,7 @@ class StructuredPrune(InitStrategy):
 
     Args:
         parent: the dense parent: a Hugging Face checkpoint directory or a litprune export (`<run dir>/export`),
-            loaded in fp32 with `litprune.models.init.load_causal_lm`.
+            loaded in fp32 with `litprune.models.loading.load_causal_lm`.
         method: "minitron_depth" (drop the contiguous block whose removal changes the score least), "shortgpt"
             (drop the layers of lowest Block Influence) or "minitron_width" (keep the most important hidden
             channels and MLP neurons).
@@ -113,7 +112,7 @@ class StructuredPrune(InitStrategy):
         scorer_fewshot: int = 0,
         scorer_limit: int | None = None,
     ) -> None:
-        problems = _check_target_arguments(parent, method, ratio, target, convention, accept_kinds=False)
+        problems = check_target_arguments(parent, method, ratio, target, convention, accept_kinds=False)
         if method == "minitron_depth":
             try:
                 check_scorer(scorer, scorer_fewshot, scorer_limit, option_names=("scorer_fewshot", "scorer_limit"))
@@ -213,105 +212,7 @@ class StructuredPrune(InitStrategy):
         return InitResult(model=pruned, record=record, tokens=tokens)
 
 
-class ScratchTarget(InitStrategy):
-    """The scratch baseline (`S_N`) of a structured pruned arm: the pruned architecture from random init.
-
-    Only the parent's `config.json` is read (never its weights); the target shape is solved exactly as
-    `StructuredPrune` solves it, and the model is built with the parent's class and config fields (rotary
-    settings, tied embeddings, ...) and initialised by `RandomInit(seed, scheme)`. So the scratch and the pruned
-    arm of the same parent, method and ratio have identical parameter names and shapes. Both depth methods give
-    the same shape, so one scratch run serves Minitron-depth and ShortGPT.
-
-    Args:
-        parent: the parent checkpoint directory (or litprune export) whose pruned shape to train.
-        method: "depth" or "width", or a structured method name ("minitron_depth", "shortgpt", "minitron_width").
-        ratio: pruned fraction of parameters under `convention`, as for `StructuredPrune`.
-        target: explicit shape, as for `StructuredPrune`.
-        convention: "non_embedding" (default) or "total".
-        seed: seed of the random init.
-        scheme: "normal" (Hugging Face's N(0, 0.02^2)) or "fan_in" (the paper's MaxText init).
-
-    Raises:
-        ValueError: as `StructuredPrune` for method, ratio, target and convention; unknown scheme.
-    """
-
-    def __init__(
-        self,
-        parent: str,
-        method: str,
-        ratio: float | None = None,
-        target: dict[str, int] | None = None,
-        convention: str = "non_embedding",
-        seed: int = 0,
-        scheme: Literal["normal", "fan_in"] = "normal",
-    ) -> None:
-        problems = _check_target_arguments(parent, method, ratio, target, convention, accept_kinds=True)
-        try:
-            self.random_init = RandomInit(seed=seed, scheme=scheme)
-        except ValueError as err:
-            problems.append(str(err))
-        if problems:
-            raise ValueError("ScratchTarget: " + " ".join(problems))
-        self.parent = str(parent)
-        self.method = method
-        self.ratio = None if ratio is None else float(ratio)
-        self.target = dict(target) if target else None
-        self.convention = convention
-        self.seed = int(seed)
-        self.scheme = scheme
-        if local_config_path(self.parent) is not None:
-            self.plan()
-
-    @property
-    def needs_architecture(self) -> bool:
-        return False
-
-    @property
-    def kind(self) -> str:
-        """The kind of target shape: "depth" or "width"."""
-        return STRUCTURED_METHODS.get(self.method, self.method)
-
-    def plan(self) -> ShapePlan:
-        """Solve the target shape from the parent's config (see `StructuredPrune.plan`)."""
-        return solve_shape(
-            read_parent_config(self.parent), self.kind, ratio=self.ratio, target=self.target, convention=self.convention
-        )
-
-    def target_config(self) -> PretrainedConfig:
-        """The parent's config carrying the solved target shape (explicit `head_dim`)."""
-        return self.plan().shape.apply(read_parent_config(self.parent))
-
-    def build(self, config: PretrainedConfig | None = None, data: Any = None) -> InitResult:
-        """Build the target architecture from random init; `config` is ignored (the parent defines it)."""
-        parent_config = read_parent_config(self.parent)
-        plan = self.plan()
-        check_run_data(self.parent, parent_config, data)
-        target_config = plan.shape.apply(parent_config)
-        model = AutoModelForCausalLM.from_config(target_config, dtype=torch.float32)
-        # Under a sharded-init context the weights are on the meta device and are initialised after sharding.
-        if not any(p.is_meta for p in model.parameters()):
-            self.random_init.apply(model)
-        model.train()
-        record = {
-            "strategy": "scratch_target",
-            "parent": parent_record(self.parent),
-            "method": self.method,
-            "kind": self.kind,
-            "ratio_requested": self.ratio,
-            "target_requested": self.target,
-            "convention": self.convention,
-            "target_shape": plan.shape.as_dict(),
-            "achieved_ratio": dict(plan.achieved),
-            "params_parent": plan.params_parent.as_dict(),
-            "params_after": count_parameters(model).as_dict(),
-            "seed": self.seed,
-            "scheme": self.scheme,
-            "std": self.random_init.std,
-        }
-        return InitResult(model=model, record=record)
-
-
-def _check_target_arguments(parent, method, ratio, target, convention, accept_kinds: bool) -> list[str]:
+def check_target_arguments(parent, method, ratio, target, convention, accept_kinds: bool) -> list[str]:
     problems: list[str] = []
     if not isinstance(parent, str | Path) or not str(parent):
         problems.append(f"parent={parent!r} must be a checkpoint directory (e.g. runs/tiny_scratch/export).")

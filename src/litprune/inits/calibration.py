@@ -5,7 +5,7 @@ run's prepared tokens, so calibration uses the run's tokenizer, needs no downloa
 
 ```yaml
 init:
-  class_path: litprune.pruning.structured_init.StructuredPrune
+  class_path: litprune.inits.StructuredPrune
   init_args:
     parent: runs/tiny_scratch/export
     method: minitron_depth

@@ -9,7 +9,7 @@ model:
   init_args:
     preset: null                      # the parent defines the architecture
     init:
-      class_path: litprune.pruning.sparse_init.SparsePrune
+      class_path: litprune.inits.SparsePrune
       init_args:
         parent: runs/tiny_scratch/export
         method: wanda                 # or sparsegpt, magnitude
@@ -23,7 +23,7 @@ trainer:
       init_args: {mask_source: module}
 ```
 
-At the end of fit `HFExport` writes the export in the sparse layout of `litprune.pruning.sparse_export` (zeros in
+At the end of fit `HFExport` writes the export in the sparse layout of `litprune.models.sparse_checkpoint` (zeros in
 place, `sparsity_masks.safetensors`, `sparsity.json`), and `FromPretrained` of that export hands the masks back.
 """
 
@@ -35,12 +35,13 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from litprune.models.init import InitResult, InitStrategy, load_causal_lm
+from litprune.inits.base import InitResult, InitStrategy
+from litprune.inits.calibration import Calibration
+from litprune.inits.parent import check_run_data, local_config_path, parent_record, read_parent_config
+from litprune.inits.sparse_controls import random_init_random_mask, random_init_same_mask, reinit_surviving
+from litprune.models.loading import load_causal_lm
 from litprune.models.params import count_parameters
-from litprune.pruning.calibration_data import Calibration
-from litprune.pruning.parent import check_run_data, local_config_path, parent_record, read_parent_config
 from litprune.pruning.patterns import parse_pattern
-from litprune.pruning.reinit import random_init_random_mask, random_init_same_mask, reinit_surviving
 from litprune.pruning.sparse import CALIBRATED_METHODS, METHOD_KWARGS, METHODS, prune_sparse
 
 CONTROLS: dict[str, str] = {

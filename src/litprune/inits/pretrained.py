@@ -1,0 +1,52 @@
+"""`FromPretrained`: any Hugging Face checkpoint directory or litprune export as the initial model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import LlamaConfig
+
+from litprune.inits.base import InitResult, InitStrategy
+from litprune.models.loading import load_causal_lm
+from litprune.models.sparse_checkpoint import MASKS_FILE, RECORD_FILE, check_zeros, load_masks
+
+
+class FromPretrained(InitStrategy):
+    """Load a Hugging Face causal LM checkpoint directory (or a litprune export) as the initial model.
+
+    Nothing is downloaded unless `path` is a hub name and the hub is reachable; remote code is never run
+    unless `trust_remote_code` is set.
+
+    A sparse checkpoint (written by `litprune.models.sparse_checkpoint.save_sparse`, e.g. the export of a sparse
+    run) comes back with its keep-masks (`InitResult.masks`, after checking that every masked-out weight is 0)
+    and its `sparsity.json` in the record (`sparsity`), so a run with a `SparseMask(mask_source="module")`
+    callback keeps the same pattern.
+
+    Args:
+        path: a local directory written by `save_pretrained` (litprune exports one per run, under
+            `<run dir>/export`), or a hub model id.
+        trust_remote_code: allow model code shipped with the checkpoint (off by default).
+    """
+
+    def __init__(self, path: str, trust_remote_code: bool = False) -> None:
+        self.path = str(path)
+        self.trust_remote_code = bool(trust_remote_code)
+
+    @property
+    def needs_architecture(self) -> bool:
+        return False
+
+    def build(self, config: LlamaConfig | None, data: Any = None) -> InitResult:
+        model = load_causal_lm(self.path, trust_remote_code=self.trust_remote_code)
+        record: dict[str, Any] = {"strategy": "from_pretrained", "path": self.path}
+        local = Path(self.path).expanduser()
+        masks: dict[str, torch.Tensor] = {}
+        if (local / MASKS_FILE).is_file():
+            masks = load_masks(local)
+            check_zeros(model, masks, f"FromPretrained({self.path!r})")
+            record_file = local / RECORD_FILE
+            record["sparsity"] = json.loads(record_file.read_text(encoding="utf-8")) if record_file.is_file() else {}
+        return InitResult(model=model, record=record, masks=masks)

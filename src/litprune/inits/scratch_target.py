@@ -1,0 +1,121 @@
+"""`ScratchTarget`: the scratch baseline (`S_N`) of a structured pruned arm, the pruned architecture from random init.
+
+```yaml
+init:
+  class_path: litprune.inits.ScratchTarget
+  init_args: {parent: runs/tiny_scratch/export, method: depth, ratio: 0.5, seed: 0}
+```
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from transformers import AutoModelForCausalLM, PretrainedConfig
+
+from litprune.inits.base import InitResult, InitStrategy
+from litprune.inits.parent import check_run_data, local_config_path, parent_record, read_parent_config
+from litprune.inits.random import RandomInit
+from litprune.inits.structured import check_target_arguments
+from litprune.models.params import count_parameters
+from litprune.pruning.shapes import ShapePlan, solve_shape
+from litprune.pruning.structured import STRUCTURED_METHODS
+
+
+class ScratchTarget(InitStrategy):
+    """The scratch baseline (`S_N`) of a structured pruned arm: the pruned architecture from random init.
+
+    Only the parent's `config.json` is read (never its weights); the target shape is solved exactly as
+    `StructuredPrune` solves it, and the model is built with the parent's class and config fields (rotary
+    settings, tied embeddings, ...) and initialised by `RandomInit(seed, scheme)`. So the scratch and the pruned
+    arm of the same parent, method and ratio have identical parameter names and shapes. Both depth methods give
+    the same shape, so one scratch run serves Minitron-depth and ShortGPT.
+
+    Args:
+        parent: the parent checkpoint directory (or litprune export) whose pruned shape to train.
+        method: "depth" or "width", or a structured method name ("minitron_depth", "shortgpt", "minitron_width").
+        ratio: pruned fraction of parameters under `convention`, as for `StructuredPrune`.
+        target: explicit shape, as for `StructuredPrune`.
+        convention: "non_embedding" (default) or "total".
+        seed: seed of the random init.
+        scheme: "normal" (Hugging Face's N(0, 0.02^2)) or "fan_in" (the paper's MaxText init).
+
+    Raises:
+        ValueError: as `StructuredPrune` for method, ratio, target and convention; unknown scheme.
+    """
+
+    def __init__(
+        self,
+        parent: str,
+        method: str,
+        ratio: float | None = None,
+        target: dict[str, int] | None = None,
+        convention: str = "non_embedding",
+        seed: int = 0,
+        scheme: Literal["normal", "fan_in"] = "normal",
+    ) -> None:
+        problems = check_target_arguments(parent, method, ratio, target, convention, accept_kinds=True)
+        try:
+            self.random_init = RandomInit(seed=seed, scheme=scheme)
+        except ValueError as err:
+            problems.append(str(err))
+        if problems:
+            raise ValueError("ScratchTarget: " + " ".join(problems))
+        self.parent = str(parent)
+        self.method = method
+        self.ratio = None if ratio is None else float(ratio)
+        self.target = dict(target) if target else None
+        self.convention = convention
+        self.seed = int(seed)
+        self.scheme = scheme
+        if local_config_path(self.parent) is not None:
+            self.plan()
+
+    @property
+    def needs_architecture(self) -> bool:
+        return False
+
+    @property
+    def kind(self) -> str:
+        """The kind of target shape: "depth" or "width"."""
+        return STRUCTURED_METHODS.get(self.method, self.method)
+
+    def plan(self) -> ShapePlan:
+        """Solve the target shape from the parent's config (see `StructuredPrune.plan`)."""
+        return solve_shape(
+            read_parent_config(self.parent), self.kind, ratio=self.ratio, target=self.target, convention=self.convention
+        )
+
+    def target_config(self) -> PretrainedConfig:
+        """The parent's config carrying the solved target shape (explicit `head_dim`)."""
+        return self.plan().shape.apply(read_parent_config(self.parent))
+
+    def build(self, config: PretrainedConfig | None = None, data: Any = None) -> InitResult:
+        """Build the target architecture from random init; `config` is ignored (the parent defines it)."""
+        parent_config = read_parent_config(self.parent)
+        plan = self.plan()
+        check_run_data(self.parent, parent_config, data)
+        target_config = plan.shape.apply(parent_config)
+        model = AutoModelForCausalLM.from_config(target_config, dtype=torch.float32)
+        # Under a sharded-init context the weights are on the meta device and are initialised after sharding.
+        if not any(p.is_meta for p in model.parameters()):
+            self.random_init.apply(model)
+        model.train()
+        record = {
+            "strategy": "scratch_target",
+            "parent": parent_record(self.parent),
+            "method": self.method,
+            "kind": self.kind,
+            "ratio_requested": self.ratio,
+            "target_requested": self.target,
+            "convention": self.convention,
+            "target_shape": plan.shape.as_dict(),
+            "achieved_ratio": dict(plan.achieved),
+            "params_parent": plan.params_parent.as_dict(),
+            "params_after": count_parameters(model).as_dict(),
+            "seed": self.seed,
+            "scheme": self.scheme,
+            "std": self.random_init.std,
+        }
+        return InitResult(model=model, record=record)
