@@ -44,6 +44,28 @@ class SparsityPattern:
     def __str__(self) -> str:
         return f"{self.n}:{self.m}" if self.is_nm else "unstructured"
 
+    def resolve_ratio(self, ratio: float | None, name: str = "ratio") -> float:
+        """The pruned fraction this pattern prunes at `ratio`: the one rule for ratio and pattern together.
+
+        An N:M pattern prunes exactly N/M, so `ratio` must be None or N/M; unstructured needs a ratio in [0, 1).
+        `name` is the argument's name in the caller's API, used in the error message.
+
+        Raises:
+            ValueError: an N:M pattern with a ratio other than N/M, unstructured without a ratio, or a ratio
+                outside [0, 1).
+        """
+        if self.is_nm:
+            if ratio is not None and (isinstance(ratio, bool) or abs(float(ratio) - self.ratio) > 1e-9):
+                raise ValueError(
+                    f"Pattern {self} prunes exactly {self.ratio:g} of each group; {name}={ratio!r} cannot be reached. "
+                    f"Leave {name} unset or set it to {self.ratio:g}."
+                )
+            return self.ratio
+        if ratio is None:
+            raise ValueError(f"pattern='unstructured' needs {name} (the pruned fraction in [0, 1)), e.g. {name}: 0.5.")
+        check_ratio(ratio, name)
+        return float(ratio)
+
 
 def parse_pattern(pattern: str) -> SparsityPattern:
     """Parse `"unstructured"` or `"N:M"` (N < M), e.g. `"2:4"`.
@@ -64,7 +86,7 @@ def parse_pattern(pattern: str) -> SparsityPattern:
 
 def check_ratio(ratio: float, name: str = "ratio") -> None:
     """Raise a clear error unless `0 <= ratio < 1`."""
-    if not 0.0 <= float(ratio) < 1.0:
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0.0 <= float(ratio) < 1.0:
         raise ValueError(f"{name}={ratio!r} is out of range; a pruning ratio is the pruned fraction in [0, 1).")
 
 
@@ -113,15 +135,9 @@ def pattern_mask(scores: Tensor, pattern: SparsityPattern | str, ratio: float | 
     """
     if isinstance(pattern, str):
         pattern = parse_pattern(pattern)
+    ratio = pattern.resolve_ratio(ratio)
     if pattern.is_nm:
-        if ratio is not None and abs(ratio - pattern.ratio) > 1e-9:
-            raise ValueError(
-                f"Pattern {pattern} prunes exactly {pattern.ratio:g} of each group; ratio={ratio} cannot be reached. "
-                f"Leave ratio unset or set it to {pattern.ratio:g}."
-            )
         return nm_mask(scores, pattern.n, pattern.m)
-    if ratio is None:
-        raise ValueError("An unstructured pattern needs a ratio (the pruned fraction in [0, 1)).")
     return unstructured_mask(scores, ratio, per_row=per_row)
 
 

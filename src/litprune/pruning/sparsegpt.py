@@ -26,24 +26,14 @@ import torch
 from torch import Tensor, nn
 
 from litprune.pruning.calibration import HessianStatistic, run_sequential
-from litprune.pruning.patterns import SparsityPattern, check_ratio, parse_pattern
+from litprune.pruning.patterns import SparsityPattern, parse_pattern
 from litprune.pruning.targets import find_targets
 
 
 def _resolve(pattern: SparsityPattern | str, ratio: float | None) -> tuple[SparsityPattern, float]:
     if isinstance(pattern, str):
         pattern = parse_pattern(pattern)
-    if pattern.is_nm:
-        if ratio is not None and abs(ratio - pattern.ratio) > 1e-9:
-            raise ValueError(
-                f"Pattern {pattern} prunes exactly {pattern.ratio:g} of each group; ratio={ratio} cannot be reached. "
-                f"Leave ratio unset or set it to {pattern.ratio:g}."
-            )
-        return pattern, pattern.ratio
-    if ratio is None:
-        raise ValueError("An unstructured pattern needs a ratio (the pruned fraction in [0, 1)).")
-    check_ratio(ratio)
-    return pattern, float(ratio)
+    return pattern, pattern.resolve_ratio(ratio)
 
 
 def _inverse_hessian_factor(hessian: Tensor, percdamp: float) -> Tensor:
