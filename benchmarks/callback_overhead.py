@@ -4,7 +4,7 @@ One process trains the same small Hugging Face Llama (`build_llama_config("small
 parameters) on the same fixed batch with a real Trainer, three ways:
 
 - `none`: dense training, no callback;
-- `sparse_mask`: `SparseMask(mask_source="dense", schedule="one_shot", sparsity=0.5)` (magnitude, per matrix,
+- `sparse_mask`: `SparseMask(mask_source="dense", schedule="one_shot", ratio=0.5)` (magnitude, per matrix,
   pruned at fit start);
 - `model_pruning`: `ModelPruning("l1_unstructured", amount=0.5)` on the same 7 decoder linears per layer
   (its defaults: global unstructured, lottery-ticket copies kept). It prunes at the end of an epoch, so every
@@ -133,7 +133,7 @@ def run_once(config: str, batch: torch.Tensor, steps: int, record: dict) -> None
     sparse_mask = pruning = None
     callbacks: list[pl.Callback] = []
     if config == "sparse_mask":
-        sparse_mask = SparseMask(mask_source="dense", schedule="one_shot", sparsity=0.5, log_every_n_steps=10**9)
+        sparse_mask = SparseMask(mask_source="dense", schedule="one_shot", ratio=0.5, log_every_n_steps=10**9)
         callbacks.append(sparse_mask)
     elif config == "model_pruning":
         pruning = ModelPruning("l1_unstructured", parameters_to_prune=linears(module), amount=0.5, verbose=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -15,10 +16,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny models are overhead-bound: one thread is faster and keeps parallel CI jobs from oversubscribing cores.
+# Set once for the whole session; test modules do not set it again.
 torch.set_num_threads(1)
 
 # The vocabulary of the embedded BPE used by tests (small: trains and tokenizes fast).
 TEST_VOCAB = 512
+
+# The training budget of the session's tiny parent (`tiny_parent`): 32 steps of 8 x 32 tokens.
+TINY_PARENT_TOKENS = 8192
 
 
 def make_tiny_llama(seed: int = 0, vocab_size: int = 256, **overrides) -> LlamaForCausalLM:
@@ -91,3 +96,24 @@ def tiny_data(embedded_cache):
     module = TokenDataModule(vocab_size=TEST_VOCAB, seq_len=32, micro_batch_size=8, val_max_windows=16)
     module.setup("fit")
     return module
+
+
+def _directory_digest(directory: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_parent(embedded_cache, tmp_path_factory) -> Path:
+    """The export of the tests' tiny parent, trained once per session for TINY_PARENT_TOKENS on the embedded corpus.
+
+    Shared by the pruned-init tests, so it is read-only: a test that needs to change it copies the directory
+    first. Teardown fails if any file in it changed.
+    """
+    export = train_tiny_parent(tmp_path_factory.mktemp("tiny_parent") / "run", TINY_PARENT_TOKENS)
+    before = _directory_digest(export)
+    yield export
+    assert _directory_digest(export) == before, f"a test modified the shared tiny parent at {export}; copy it first."

@@ -19,7 +19,8 @@ import lightning.pytorch as pl
 import torch
 from sparse_mask_models import MLP, mlp_loader
 
-from litprune.callbacks.sparse_mask import SparseMask, pack_mask
+from litprune.callbacks.sparse_mask import SparseMask
+from litprune.models.mask_packing import pack_mask
 
 
 def digest(tensor: torch.Tensor) -> str:
@@ -50,7 +51,7 @@ def main() -> None:
         mask_source="dense",
         schedule="gradual",
         score="wanda",
-        sparsity=0.5,
+        ratio=0.5,
         start_step=2,
         end_step=6,
         frequency=2,

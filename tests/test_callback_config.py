@@ -32,11 +32,11 @@ cb:
     targets: 'model\..*\.(q_proj|down_proj)\.weight'
     mask_source: zeros
     schedule: gradual
-    sparsity: 0.5
+    ratio: 0.5
     pattern: "4:8"
     score: wanda
     per_row: false
-    initial_sparsity: 0.25
+    initial_ratio: 0.25
     start_step: 10
     end_step: 50
     frequency: 5

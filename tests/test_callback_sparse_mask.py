@@ -24,7 +24,7 @@ from torch import nn
 
 from litprune.callbacks.sparse_mask import SparseMask
 from litprune.pruning.patterns import nm_mask, unstructured_mask
-from litprune.pruning.schedules import cubic_sparsity
+from litprune.pruning.schedules import cubic_ratio
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -196,7 +196,7 @@ def test_one_shot_2of4_at_fit_start_on_tiny_llama():
         assert torch.equal(mask, nm_mask(initial[name].abs(), 2, 4)), name
         assert torch.all((~mask).reshape(mask.shape[0], -1, 4).sum(-1) == 2)
         assert torch.count_nonzero(dict(module.named_parameters())[name][~mask]) == 0
-    assert callback.current_sparsity == 0.5 and callback.last_event_step == 0
+    assert callback.current_ratio == 0.5 and callback.last_event_step == 0
 
 
 def test_gradual_magnitude_follows_cubic_schedule_and_masks_only_shrink():
@@ -205,7 +205,7 @@ def test_gradual_magnitude_follows_cubic_schedule_and_masks_only_shrink():
         targets=r"net\.\d\.weight",
         mask_source="dense",
         schedule="gradual",
-        sparsity=0.8,
+        ratio=0.8,
         start_step=0,
         end_step=8,
         frequency=2,
@@ -213,7 +213,7 @@ def test_gradual_magnitude_follows_cubic_schedule_and_masks_only_shrink():
     recorder = RecordMasks(callback)
     fit(module, [callback, recorder], mlp_loader(), max_steps=12)
     for step, masks in recorder.by_step.items():
-        target = cubic_sparsity(step, 0.0, 0.8, 0, 8, 2)
+        target = cubic_ratio(step, 0.0, 0.8, 0, 8, 2)
         for name, mask in masks.items():
             # Per-tensor magnitude (the reference rule) prunes exactly floor(s * numel) entries.
             assert (~mask).sum().item() == math.floor(target * mask.numel()), (step, name)
@@ -221,7 +221,7 @@ def test_gradual_magnitude_follows_cubic_schedule_and_masks_only_shrink():
     for before, after in zip(steps, steps[1:], strict=False):
         for name in recorder.by_step[before]:
             assert not torch.any(recorder.by_step[after][name] & ~recorder.by_step[before][name]), "a mask grew"
-    assert callback.current_sparsity == 0.8 and callback.last_event_step == 8
+    assert callback.current_ratio == 0.8 and callback.last_event_step == 8
 
 
 def test_gradual_nm_reaches_exact_pattern_only_at_the_end():
@@ -234,7 +234,7 @@ def test_gradual_nm_reaches_exact_pattern_only_at_the_end():
         start_step=0,
         end_step=6,
         frequency=2,
-        initial_sparsity=0.25,
+        initial_ratio=0.25,
     )
     recorder = RecordMasks(callback)
     fit(module, [callback, recorder], mlp_loader(), max_steps=8)
@@ -279,8 +279,8 @@ def test_gradual_wanda_scores_use_training_inputs_since_previous_event():
         mask_source="dense",
         schedule="gradual",
         score="wanda",
-        sparsity=0.5,
-        initial_sparsity=0.25,
+        ratio=0.5,
+        initial_ratio=0.25,
         start_step=2,
         end_step=4,
         frequency=2,
@@ -310,7 +310,7 @@ def test_gradual_wanda_scores_use_training_inputs_since_previous_event():
 def test_any_lightning_module_configured_by_kwargs_only():
     module = MLP()
     biases = {n: p.detach().clone() for n, p in module.named_parameters() if n.endswith("bias")}
-    callback = SparseMask(targets=r".*\.weight", mask_source="dense", schedule="one_shot", sparsity=0.5)
+    callback = SparseMask(targets=r".*\.weight", mask_source="dense", schedule="one_shot", ratio=0.5)
     fit(module, [callback], mlp_loader(), max_steps=20)
     assert set(callback.masks) == {"net.0.weight", "net.2.weight", "net.4.weight"}
     for name, param in module.named_parameters():
@@ -370,7 +370,7 @@ def test_bf16_mixed_keeps_masks_and_trains():
     module = TinyLlamaLM()
     start = {name: p.detach().clone() for name, p in module.named_parameters()}
     callback = SparseMask(
-        mask_source="dense", schedule="gradual", score="wanda", sparsity=0.5, start_step=1, end_step=5, frequency=2
+        mask_source="dense", schedule="gradual", score="wanda", ratio=0.5, start_step=1, end_step=5, frequency=2
     )
     fit(module, [callback], token_loader(), max_steps=12, precision="bf16-mixed", gradient_clip_val=1.0)
     params = dict(module.named_parameters())
@@ -383,7 +383,7 @@ def test_bf16_mixed_keeps_masks_and_trains():
 
 def test_callback_reused_across_fits_leaves_no_hooks_behind():
     module = MLP()
-    callback = SparseMask(targets=r".*\.weight", mask_source="dense", schedule="one_shot", sparsity=0.5)
+    callback = SparseMask(targets=r".*\.weight", mask_source="dense", schedule="one_shot", ratio=0.5)
     for _ in range(2):
         trainer = fit(module, [callback], mlp_loader(), max_steps=3)
         optimizer = trainer.optimizers[0]
@@ -413,7 +413,7 @@ def test_module_masks_must_cover_exactly_the_targets():
 
 def test_wanda_needs_linear_targets():
     callback = SparseMask(
-        targets=r"block\.a", mask_source="dense", schedule="one_shot", score="wanda", sparsity=0.5, start_step=1
+        targets=r"block\.a", mask_source="dense", schedule="one_shot", score="wanda", ratio=0.5, start_step=1
     )
     with pytest.raises(ValueError, match="score='wanda' needs every target to be the weight of an nn.Linear"):
         fit(TwoMatrixModule(), [callback], mlp_loader(), max_steps=2)
@@ -426,22 +426,22 @@ def test_wanda_needs_linear_targets():
         ({"mask_source": "parent"}, "mask_source='parent' is not one of 'module', 'zeros', 'dense'"),
         ({"schedule": "cubic"}, "schedule='cubic' is not one of 'none', 'one_shot', 'gradual'"),
         ({"semantics": "implicit"}, "semantics='implicit' is not one of 'explicit', 'paper'"),
-        ({"schedule": "one_shot", "sparsity": 1.5}, "sparsity=1.5 must be a pruned fraction in"),
-        ({"schedule": "one_shot"}, "schedule='one_shot' needs `sparsity`"),
-        ({"schedule": "one_shot", "pattern": "2:4", "sparsity": 0.6}, "sparsity=0.6 contradicts pattern='2:4'"),
+        ({"schedule": "one_shot", "ratio": 1.5}, "ratio=1.5 must be a pruned fraction in"),
+        ({"schedule": "one_shot"}, "schedule='one_shot': pattern='unstructured' needs a ratio"),
+        ({"schedule": "one_shot", "pattern": "2:4", "ratio": 0.6}, "Pattern 2:4 prunes exactly 0.5.*ratio=0.6 cannot"),
         ({"schedule": "one_shot", "pattern": "4:2"}, "pattern='4:2'.*0 < N < M"),
-        ({"schedule": "gradual", "sparsity": 0.5}, "schedule='gradual' needs `end_step`"),
-        ({"schedule": "gradual", "sparsity": 0.5, "end_step": 5, "start_step": 9}, "end_step=5 must be greater"),
-        ({"schedule": "one_shot", "sparsity": 0.5, "score": "wanda"}, "needs start_step >= 1"),
+        ({"schedule": "gradual", "ratio": 0.5}, "schedule='gradual' needs `end_step`"),
+        ({"schedule": "gradual", "ratio": 0.5, "end_step": 5, "start_step": 9}, "end_step=5 must be greater"),
+        ({"schedule": "one_shot", "ratio": 0.5, "score": "wanda"}, "needs start_step >= 1"),
         ({"mask_source": "dense"}, "mask_source='dense' with schedule='none' would never prune"),
-        ({"sparsity": 0.5}, "sparsity=0.5 is only used by a schedule"),
+        ({"ratio": 0.5}, "ratio=0.5 is only used by a schedule"),
         ({"semantics": "paper", "clip_on": "masked"}, "clip_on='masked' contradicts semantics='paper'"),
         ({"frequency": 0}, "frequency=0 must be an integer >= 1"),
         ({"log_every_n_steps": 0}, "log_every_n_steps=0 must be an integer >= 1"),
         ({"per_row": "yes"}, "per_row='yes' must be true or false"),
         ({"masks_attribute": "not a name"}, "masks_attribute='not a name' must be a Python attribute name"),
         (
-            {"semantics": "paper", "schedule": "one_shot", "sparsity": 0.5, "reset_optimizer_state": False},
+            {"semantics": "paper", "schedule": "one_shot", "ratio": 0.5, "reset_optimizer_state": False},
             "semantics='paper' with a schedule needs reset_optimizer_state=true",
         ),
     ],
@@ -469,7 +469,7 @@ class RecreateOptimizers(pl.Callback):
 
 def test_masks_follow_optimizers_recreated_during_fit():
     module = MLP()
-    callback = SparseMask(targets=r".*\.weight", mask_source="dense", schedule="one_shot", sparsity=0.5)
+    callback = SparseMask(targets=r".*\.weight", mask_source="dense", schedule="one_shot", ratio=0.5)
     trainer = fit(module, [RecreateOptimizers(), callback], mlp_loader(), max_steps=6)
     state = trainer.optimizers[0].state
     for name, mask in callback.masks.items():
@@ -492,10 +492,20 @@ class ManualMLP(MLP):
 
 def test_manual_optimization_is_masked_too():
     module = ManualMLP()
-    callback = SparseMask(targets=r".*\.weight", mask_source="dense", schedule="one_shot", sparsity=0.5)
+    callback = SparseMask(targets=r".*\.weight", mask_source="dense", schedule="one_shot", ratio=0.5)
     trainer = fit(module, [callback], mlp_loader(), max_steps=6)
     state = trainer.optimizers[0].state
     for name, mask in callback.masks.items():
         param = dict(module.named_parameters())[name]
         assert torch.count_nonzero(param[~mask]) == 0, name
         assert torch.count_nonzero(state[param]["exp_avg"][~mask]) == 0, name
+
+
+def test_every_lightning_hook_is_marked_override():
+    """A renamed or mistyped hook would silently never run; `@override` makes type checkers catch it."""
+    overridden = [name for name in vars(SparseMask) if hasattr(pl.Callback, name) and not name.startswith("__")]
+    assert {"setup", "state_dict", "load_state_dict", "on_fit_start", "teardown", "state_key"} <= set(overridden)
+    for name in overridden:
+        member = vars(SparseMask)[name]
+        function = member.fget if isinstance(member, property) else member
+        assert getattr(function, "__override__", False), f"SparseMask.{name} lacks @override"

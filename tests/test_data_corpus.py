@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from litprune.data import corpus
-from litprune.data.cache import atomic_dir, cache_root
+from litprune.data.cache import cache_root
 from litprune.data.corpus import EMBEDDED_SPLITS, corpus_fingerprint, embedded_documents
+from litprune.utils.atomic import atomic_dir
 
 
 def test_cache_root_precedence(monkeypatch, tmp_path):

@@ -9,8 +9,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import make_tiny_llama
+from eval_support import ascii_text, byte_tokenizer, stdlib_documents
 from lightning.pytorch.loggers import CSVLogger
-from test_eval_support import ascii_text, byte_tokenizer, stdlib_documents
 from torch.utils.data import DataLoader, TensorDataset
 
 from litprune.eval.callback import EvalCallback

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_llama
-from test_eval_support import byte_tokenizer, export_tiny, stdlib_documents
+from eval_support import byte_tokenizer, export_tiny, stdlib_documents
 
 from litprune.eval.harness import LiveHFLM, evaluate_tasks
 from litprune.eval.offline_tasks import NEXT_LINE, NEXT_SPAN, prepare_offline_task

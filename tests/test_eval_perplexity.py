@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 from conftest import make_tiny_llama
+from eval_support import ascii_text, byte_tokenizer
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
-from test_eval_support import ascii_text, byte_tokenizer
 
 from litprune.eval.perplexity import perplexity, tokenize_once, windowed_nll
 from litprune.eval.text_sources import TextSourceError, load_documents, load_text_source, parse_source_spec

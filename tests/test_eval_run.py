@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_eval_support import ascii_text, export_tiny, stdlib_documents
+from eval_support import ascii_text, export_tiny, stdlib_documents
 
 from litprune.eval.offline_tasks import NEXT_LINE, prepare_offline_task
 from litprune.eval.run import run_eval

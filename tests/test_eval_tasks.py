@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_eval_support import stdlib_documents
+from eval_support import stdlib_documents
 
 from litprune.eval import tasks as tasks_module
 from litprune.eval.offline_tasks import (

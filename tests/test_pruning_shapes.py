@@ -13,15 +13,6 @@ from litprune.pruning.shapes import count_config_parameters, default_multiple, s
 from litprune.pruning.structured import prune_structured
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny models are fastest on one thread; more threads only contend with other jobs on a shared CI machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def llama8b():
     return build_llama_config("llama3.1-8b")

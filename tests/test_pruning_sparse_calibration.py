@@ -145,9 +145,8 @@ def test_engine_rejects_bad_inputs(tiny_llama, token_windows):
     with pytest.raises(ValueError, match="Unknown statistic 'grads'"):
         run_sequential(tiny_llama, token_windows, lambda *a: None, progress=False, statistic="grads")
     with pytest.raises(ValueError, match="outside the decoder layers"):
-        run_sequential(
-            tiny_llama, token_windows, lambda *a: None, progress=False, targets=find_targets(tiny_llama, "lm_head")
-        )
+        lm_head = find_targets(tiny_llama, r"lm_head\.weight")
+        run_sequential(tiny_llama, token_windows, lambda *a: None, progress=False, targets=lm_head)
 
 
 def test_captured_attention_mask_works_with_eager_attention(token_windows):

@@ -11,6 +11,7 @@ from conftest import make_tiny_llama
 
 from litprune.pruning.calibration import calibration_windows
 from litprune.pruning.sparse import prune_sparse
+from litprune.pruning.targets import DEFAULT_TARGETS
 
 
 def _state(model):
@@ -35,7 +36,7 @@ def test_result_masks_are_keyed_by_parameter_name_and_match_the_weights(tiny_lla
         assert torch.all(params[name][~keep] == 0)
     record = json.loads(json.dumps(result.record))  # JSON-ready
     assert record["method"] == "wanda" and record["pattern"] == "unstructured" and record["ratio"] == 0.5
-    assert record["targets"] is None and record["num_targets"] == 28
+    assert record["targets"] == DEFAULT_TARGETS and record["num_targets"] == 28
     assert record["calibration"]["nsamples"] == 4 and record["calibration"]["seqlen"] == 32
     assert record["calibration"]["dataset"] == "arange" and record["calibration"]["tokens_used"] == 128
     assert record["sparsity"]["overall"] == pytest.approx(0.5)
@@ -52,13 +53,13 @@ def test_magnitude_needs_no_data_and_records_no_calibration(tiny_llama):
 def test_targets_regex_limits_what_is_pruned(tiny_llama, token_windows):
     before = _state(tiny_llama)
     result = prune_sparse(
-        tiny_llama, "sparsegpt", pattern="2:4", windows=token_windows, targets=r"mlp\.", progress=False
+        tiny_llama, "sparsegpt", pattern="2:4", windows=token_windows, targets=r".*\.mlp\..*", progress=False
     )
     assert len(result.masks) == 12 and all(".mlp." in name for name in result.masks)
     after = tiny_llama.state_dict()
     attention = [k for k in before if "self_attn" in k]
     assert attention and all(torch.equal(before[k], after[k]) for k in attention)
-    assert result.record["targets"] == r"mlp\." and result.record["ratio"] == 0.5
+    assert result.record["targets"] == r".*\.mlp\..*" and result.record["ratio"] == 0.5
 
 
 def test_ratio_zero_leaves_the_model_untouched(tiny_llama, token_windows):
@@ -125,8 +126,8 @@ def test_windows_are_checked_against_the_vocabulary_and_provenance(tiny_llama, t
 
 def test_calibrated_methods_cannot_target_lm_head(tiny_llama, token_windows):
     with pytest.raises(ValueError, match=r"cannot prune \['lm_head'\] outside 'model.layers'"):
-        prune_sparse(tiny_llama, "wanda", 0.5, windows=token_windows, targets="lm_head")
-    result = prune_sparse(tiny_llama, "magnitude", 0.5, targets="lm_head")
+        prune_sparse(tiny_llama, "wanda", 0.5, windows=token_windows, targets=r"lm_head\.weight")
+    result = prune_sparse(tiny_llama, "magnitude", 0.5, targets=r"lm_head\.weight")
     assert list(result.masks) == ["lm_head.weight"]
 
 

@@ -1,15 +1,18 @@
-"""Sparse checkpoints: HF weights with zeros in place + packed masks + record, round-tripped for real."""
+"""Sparse checkpoints: HF weights with zeros in place + packed masks + record, round-tripped for real; the one bit
+packing (`litprune.models.mask_packing`) pinned to numpy.packbits."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_llama
 from safetensors.torch import load_file, save_file
 from transformers import LlamaForCausalLM
 
+from litprune.models.mask_packing import pack_mask, packed_size, unpack_mask
 from litprune.models.sparse_checkpoint import MASKS_FILE, RECORD_FILE, load_masks, load_sparse, save_masks, save_sparse
 from litprune.pruning.sparse import prune_sparse
 
@@ -105,3 +108,65 @@ def test_missing_or_foreign_mask_files_are_explained(tmp_path):
         load_masks(tmp_path)
     with pytest.raises(FileNotFoundError, match=RECORD_FILE):
         load_sparse(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- bit packing
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (8,), (9,), (3, 5), (7, 13), (16, 16), (2, 3, 11)])
+def test_pack_mask_is_numpy_packbits_big_endian(shape):
+    g = torch.Generator().manual_seed(sum(shape))
+    for keep in (0.0, 0.3, 1.0):
+        mask = torch.rand(shape, generator=g) < keep
+        packed = pack_mask(mask)
+        assert packed.dtype == torch.uint8 and packed.numel() == packed_size(mask.numel()) == (mask.numel() + 7) // 8
+        assert packed.numpy().tobytes() == np.packbits(mask.numpy().reshape(-1), bitorder="big").tobytes()
+        unpacked = unpack_mask(packed, list(shape))
+        assert unpacked.dtype == torch.bool and torch.equal(unpacked, mask)
+
+
+def test_unpack_mask_rejects_a_wrong_size_or_dtype():
+    with pytest.raises(ValueError, match=r"for shape \[3, 5\] needs 2 uint8 bytes, got 3 of dtype torch.uint8"):
+        unpack_mask(torch.zeros(3, dtype=torch.uint8), [3, 5])
+    with pytest.raises(ValueError, match=r"needs 2 uint8 bytes, got 2 of dtype torch.int32"):
+        unpack_mask(torch.zeros(2, dtype=torch.int32), (3, 5))
+
+
+def _save_masks_numpy(masks: dict[str, torch.Tensor], path) -> None:
+    """The mask file as litprune wrote it before `mask_packing` (numpy.packbits directly), kept to pin the format."""
+    tensors = {
+        name: torch.from_numpy(np.packbits(m.cpu().reshape(-1).numpy(), bitorder="big")) for name, m in masks.items()
+    }
+    shapes = {name: list(m.shape) for name, m in masks.items()}
+    save_file(tensors, str(path), metadata={"format": "litprune-packbits-v1", "shapes": json.dumps(shapes)})
+
+
+def _header_and_data(path) -> tuple[dict, bytes]:
+    """A safetensors file's JSON header (parsed: safetensors orders the metadata entries arbitrarily, even between
+    two saves of the same dict) and its data section, byte for byte."""
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8 : 8 + size]), raw[8 + size :]
+
+
+def test_mask_file_is_byte_identical_to_the_numpy_format(pruned, tmp_path):
+    _, result = pruned
+    g = torch.Generator().manual_seed(3)
+    masks = {**result.masks, "odd.weight": torch.rand(5, 7, generator=g) > 0.5, "one": torch.tensor([True])}
+    _save_masks_numpy(masks, tmp_path / "numpy.safetensors")
+    save_masks(masks, tmp_path / "torch.safetensors")
+    header, data = _header_and_data(tmp_path / "torch.safetensors")
+    assert (header, data) == _header_and_data(tmp_path / "numpy.safetensors")  # same metadata, offsets and bytes
+    assert header["__metadata__"]["format"] == "litprune-packbits-v1"
+    loaded = load_masks(tmp_path / "numpy.safetensors")  # and a file in the numpy format reads back exactly
+    assert loaded.keys() == masks.keys() and all(torch.equal(loaded[k], masks[k].cpu()) for k in masks)
+
+
+def test_a_truncated_mask_is_reported_with_the_file(tmp_path):
+    save_file(
+        {"w": torch.zeros(1, dtype=torch.uint8)},
+        str(tmp_path / MASKS_FILE),
+        metadata={"format": "litprune-packbits-v1", "shapes": json.dumps({"w": [3, 5]})},
+    )
+    with pytest.raises(ValueError, match=r"mask 'w' holds 1 torch.uint8 values, shape \[3, 5\] needs 2 uint8 bytes"):
+        load_masks(tmp_path)

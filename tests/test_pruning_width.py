@@ -14,15 +14,6 @@ from litprune.pruning.structured import prune_structured
 from litprune.pruning.width import WidthImportance, prune_width, slice_width, width_importance
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny models are fastest on one thread; more threads only contend with other jobs on a shared CI machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _logits(model, ids):
     with torch.no_grad():
         return model(input_ids=ids, use_cache=False).logits

@@ -1,7 +1,8 @@
 """Sparse pruned inits (`SparsePrune`) retrained with `litprune fit`: masks kept, controls, resume, sparse export.
 
-One tiny parent is trained per module with `litprune fit` (a few seconds); every sparse arm starts from its export
-and retrains through `LitpruneCLI` with a `SparseMask(mask_source="module")` callback, as the tiny study's configs do.
+Every sparse arm starts from the export of the session's tiny parent (`conftest.tiny_parent`, trained once with
+`litprune fit`) and retrains through `LitpruneCLI` with a `SparseMask(mask_source="module")` callback, as the tiny
+study's configs do.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_run_args, train_tiny_parent
+from conftest import tiny_run_args
 from lightning.pytorch import Callback
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
@@ -49,10 +50,9 @@ class FailAtStep(Callback):
             raise RuntimeError(f"interrupted at step {self.step}")
 
 
-@pytest.fixture(scope="module")
-def parent(embedded_cache, tmp_path_factory) -> Path:
-    """The export of a tiny parent trained for 16 steps on the embedded corpus (vocab 512)."""
-    return train_tiny_parent(tmp_path_factory.mktemp("parent") / "run", 4096)
+@pytest.fixture
+def parent(tiny_parent) -> Path:
+    return tiny_parent
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +286,7 @@ def test_controls(parent, data):
 def test_bad_arguments_fail_at_construction(parent, tmp_path):
     with pytest.raises(ValueError, match=r"Unknown method 'wnada'\. Did you mean 'wanda'"):
         SparsePrune(str(parent), "wnada")
-    with pytest.raises(ValueError, match=r"Pattern 2:4 prunes exactly N/M = 0\.5.*ratio=0\.6 cannot be reached"):
+    with pytest.raises(ValueError, match=r"Pattern 2:4 prunes exactly 0\.5.*ratio=0\.6 cannot be reached"):
         SparsePrune(str(parent), "wanda", ratio=0.6, pattern="2:4")
     with pytest.raises(ValueError, match=r"Unknown control 'reinti'\. Did you mean 'reinit'"):
         SparsePrune(str(parent), "wanda", control="reinti")
@@ -296,13 +296,15 @@ def test_bad_arguments_fail_at_construction(parent, tmp_path):
         SparsePrune(str(tmp_path / "not_trained_yet"), "magnitude", ratio=1.0)
     with pytest.raises(ValueError, match=r"method_kwargs \['blocksize'\] do not apply to 'wanda'"):
         SparsePrune(str(parent), "wanda", method_kwargs={"blocksize": 64})
-    with pytest.raises(ValueError, match=r"needs a ratio"):
+    with pytest.raises(ValueError, match=r"pattern='unstructured' needs a ratio"):
         SparsePrune(str(parent), "magnitude", ratio=None)
+    with pytest.raises(ValueError, match=r"targets='mlp\(' is not a valid regex"):
+        SparsePrune(str(parent), "wanda", targets="mlp(")
     # All problems at once.
     with pytest.raises(ValueError, match=r"Unknown method 'wnada'.*Unknown control 'reinti'"):
         SparsePrune(str(parent), "wnada", control="reinti")
     # With the parent on disk, windows longer than its positions are refused before any weight is read.
-    with pytest.raises(ValueError, match=r"calibration seqlen=2048 exceeds the max_position_embeddings=1024"):
+    with pytest.raises(ValueError, match=r"calibration.seqlen=2048 exceeds the parent.s max_position_embeddings=1024"):
         SparsePrune(str(parent), "sparsegpt", calibration={"seqlen": 2048})
 
 

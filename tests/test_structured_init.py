@@ -1,7 +1,7 @@
 """Structured pruned inits (`StructuredPrune`), their scratch twins (`ScratchTarget`) and `Calibration`, end to end.
 
-One tiny parent is trained per module with `litprune fit` (a few seconds); pruned and scratch arms start from its
-export, exactly as the tiny study's configs do.
+Pruned and scratch arms start from the export of the session's tiny parent (`conftest.tiny_parent`, trained with
+`litprune fit`), exactly as the tiny study's configs do.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TEST_VOCAB, make_tiny_llama, tiny_run_args, train_tiny_parent
-from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
+from conftest import TEST_VOCAB, TINY_PARENT_TOKENS, make_tiny_llama, tiny_run_args
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from litprune.cli.lightning_cli import LitpruneCLI
 from litprune.data.datamodule import TokenDataModule
@@ -45,10 +45,9 @@ RETRAIN_TOKENS = 2048  # 8 steps of 8 x 32 tokens
 SMALL_CALIBRATION = {"slice": "train", "nsamples": 8, "seqlen": 32, "seed": 3}
 
 
-@pytest.fixture(scope="module")
-def parent(embedded_cache, tmp_path_factory) -> Path:
-    """The export of a tiny parent trained for 32 steps on the embedded corpus (vocab 512)."""
-    return train_tiny_parent(tmp_path_factory.mktemp("parent") / "run", 8192)
+@pytest.fixture
+def parent(tiny_parent) -> Path:
+    return tiny_parent
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +102,7 @@ def test_pruned_init_retrains_end_to_end(method, parent, tmp_path):
     assert record["method"] == method
     assert record["ratio_requested"] == 0.5
     assert record["parent"]["path"] == str(parent)
-    assert record["parent"]["run"]["tokens_seen"] == 8192  # the parent's own budget, for the token ledger
+    assert record["parent"]["run"]["tokens_seen"] == TINY_PARENT_TOKENS  # the parent's own budget, for the ledger
     assert record["target_shape"] == expected
     assert abs(record["achieved_ratio"]["non_embedding"] - 0.5) < 0.1
     calibration = record["calibration"]
@@ -211,8 +210,8 @@ def test_calibration_draws_recorded_windows_of_the_slice(data):
 def test_calibration_errors_name_the_problem(data, embedded_cache):
     with pytest.raises(ValueError, match=r"slice='pretrain'.*\['test', 'train', 'val'\]"):
         Calibration(slice="pretrain").draw(data)
-    with pytest.raises(ValueError, match=r"seqlen=2048 exceeds the max_position_embeddings=1024"):
-        Calibration(seqlen=2048).draw(data, max_positions=1024)
+    with pytest.raises(ValueError, match=r"calibration.seqlen=2048 exceeds the parent.s max_position_embeddings=1024"):
+        Calibration(seqlen=2048).draw(data, model_config=LlamaConfig(max_position_embeddings=1024))
     with pytest.raises(ValueError, match=r"nsamples=0 must be a positive integer"):
         Calibration(nsamples=0)
     short = TokenDataModule(

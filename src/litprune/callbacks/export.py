@@ -15,8 +15,6 @@ back, so a further run keeps them too.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from lightning.pytorch import Callback
 from torch import Tensor
 
 from litprune.inits.masks import module_masks
+from litprune.utils.atomic import atomic_dir
 
 # Keys of a sparse init's record (`SparsePrune`) that describe the masks; copied into `sparsity.json`.
 _SPARSE_RECORD_KEYS = ("method", "pattern", "ratio", "targets", "num_targets", "method_kwargs", "calibration")
@@ -131,9 +130,7 @@ def export_model(
         ValueError: a masked-out weight is not 0, or a mask names a parameter the model lacks.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir, replace=True) as tmp:
         if masks:
             from litprune.models.sparse_checkpoint import save_sparse
 
@@ -144,17 +141,6 @@ def export_model(
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
         (tmp / "litprune.json").write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -3,27 +3,31 @@
 Design choices (each one answers a failure users report with existing tools, docs/user-needs.md):
 
 - Masks are explicit boolean tensors (True = keep) keyed by `pl_module.named_parameters()` names, selected by
-  a regex, so any `nn.Module` works and every option is plain YAML. No module objects, no lambdas.
+  a regex (`targets`, see `litprune.pruning.targets`), so any `nn.Module` works and every option is plain YAML.
+  No module objects, no lambdas.
 - Masks act on gradients right before the optimizer update and on weights right after it, through the
   optimizer's own step hooks. Lightning clips gradients *after* its `on_before_optimizer_step` hook, and runs
   backward and clipping inside `optimizer.step(closure)`; the step pre-hook therefore wraps the closure, so
   gradients are masked when it returns, after clipping and right before the update. The step post-hook
   re-zeroes the weights before any other callback (ModelCheckpoint included) can observe them. Masking only
   the gradient is not enough: momentum or weight decay can revive a pruned weight.
-- The masks live in the callback's `state_dict` as bit-packed uint8 tensors (1/8 byte per weight), with the
-  schedule position, Wanda statistics and a fingerprint of the settings; a resume compares the fingerprint
-  and verifies the restored masks against the restored weights. No `deepcopy` of layers, no `weight_orig`.
-- Gradual schedules count optimizer steps, not epochs, and are pure functions (`litprune.pruning.schedules`).
+- The masks live in the callback's `state_dict` as bit-packed uint8 tensors (1/8 byte per weight,
+  `litprune.models.mask_packing`), with the schedule position, Wanda statistics and a fingerprint of the settings;
+  a resume compares the fingerprint and verifies the restored masks against the restored weights. No `deepcopy` of
+  layers, no `weight_orig`. The state format and its versions live in `litprune.callbacks.sparse_mask_state`,
+  which also reads the states older versions wrote.
+- Schedules count optimizer steps, not epochs; their settings and arithmetic are a plain frozen dataclass,
+  `litprune.pruning.schedules.PruningSchedule`, so this class only decides *when* to ask it.
 - Under DDP every rank computes the same masks (Wanda statistics are all-reduced first) and a checksum
-  comparison across ranks turns any divergence into an error instead of silently different models.
+  comparison across ranks turns any divergence into an error instead of silently different models
+  (`litprune.callbacks.distributed`).
 """
 
 from __future__ import annotations
 
-import math
-import re
+import inspect
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, Literal
@@ -33,46 +37,28 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from typing_extensions import override
 
+from litprune.callbacks.distributed import check_mask_strategy, masks_differing_across_ranks, sum_across_ranks
+from litprune.callbacks.sparse_mask_state import (
+    STATE_VERSION,
+    describe_differences,
+    pack_masks,
+    state_version,
+    unpack_masks,
+    upgrade_settings,
+    upgrade_state,
+)
 from litprune.inits.masks import MASKS_ATTRIBUTE, module_masks
 from litprune.pruning.activation_norms import ActivationNorms
-from litprune.pruning.patterns import nm_mask, parse_pattern, unstructured_mask
-from litprune.pruning.schedules import cubic_sparsity, last_pruning_step, nm_prune_count, validate_schedule
-
-#: The 7 decoder linears of Hugging Face Llama-family models, anywhere in the module tree.
-DEFAULT_TARGETS = r"(?:.*\.)?(?:q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.weight"
+from litprune.pruning.patterns import nm_mask, unstructured_mask
+from litprune.pruning.schedules import PruningSchedule, ScheduleKind
+from litprune.pruning.targets import DEFAULT_TARGETS, compile_targets
 
 MaskSource = Literal["module", "zeros", "dense"]
-ScheduleName = Literal["none", "one_shot", "gradual"]
 ScoreName = Literal["magnitude", "wanda"]
 Semantics = Literal["explicit", "paper"]
 ClipOn = Literal["unmasked", "masked"]
-
-_STATE_VERSION = 1
-_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)  # numpy.packbits order (most significant bit first)
-
-
-def pack_mask(mask: Tensor) -> Tensor:
-    """Bit-pack a boolean mask into a flat uint8 tensor on the same device (numpy.packbits bit order)."""
-    flat = mask.reshape(-1).to(torch.bool)
-    pad = (-flat.numel()) % 8
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=flat.device)
-    return (flat.view(-1, 8).to(torch.uint8) * weights).sum(dim=1, dtype=torch.uint8)
-
-
-def unpack_mask(packed: Tensor, shape: list[int] | tuple[int, ...]) -> Tensor:
-    """Inverse of `pack_mask`: a boolean tensor of `shape`."""
-    numel = math.prod(shape)
-    if packed.dtype != torch.uint8 or packed.numel() != (numel + 7) // 8:
-        raise ValueError(
-            f"A packed mask for shape {list(shape)} needs {(numel + 7) // 8} uint8 bytes, got "
-            f"{packed.numel()} of dtype {packed.dtype}; the checkpoint is corrupt or from another model."
-        )
-    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=packed.device)
-    bits = (packed.reshape(-1, 1) & weights) != 0
-    return bits.reshape(-1)[:numel].reshape(shape)
 
 
 class SparseMask(Callback):
@@ -91,7 +77,7 @@ class SparseMask(Callback):
                 mask_source: dense       # start dense ...
                 schedule: gradual        # ... and prune during training
                 score: wanda
-                sparsity: 0.5
+                ratio: 0.5
                 start_step: 100
                 end_step: 1000
                 frequency: 100
@@ -103,13 +89,14 @@ class SparseMask(Callback):
     - ``zeros``: the mask is `weight != 0`, captured once at fit start (e.g. a pruned Hugging Face checkpoint).
     - ``dense``: nothing is pruned until the schedule's first event.
 
-    Schedules: ``one_shot`` prunes once at `start_step` (default 0, i.e. at fit start for magnitude scores);
-    ``gradual`` follows the cubic schedule of Zhu & Gupta from `initial_sparsity` at `start_step` to `sparsity`
-    at `end_step`, updating every `frequency` optimizer steps. Scores are ``magnitude`` (`|W|`) or ``wanda``
-    (`|W| * ||X_j||_2` from the inputs of the training batches since the previous event; the statistics are
-    all-reduced across ranks and reset after each event). Masks only ever shrink: a pruned weight stays pruned.
-    N:M patterns in a gradual schedule prune `floor(s_t * M)` entries per group of M at each event, so only
-    the final event (s_t = N/M) yields the exact N:M pattern; intermediate events are coarser N:M patterns.
+    Schedules (`litprune.pruning.schedules.PruningSchedule`): ``one_shot`` prunes once at `start_step` (default 0,
+    i.e. at fit start for magnitude scores); ``gradual`` follows the cubic schedule of Zhu & Gupta from
+    `initial_ratio` at `start_step` to `ratio` at `end_step`, updating every `frequency` optimizer steps. Scores
+    are ``magnitude`` (`|W|`) or ``wanda`` (`|W| * ||X_j||_2` from the inputs of the training batches since the
+    previous event; the statistics are all-reduced across ranks and reset after each event). Masks only ever
+    shrink: a pruned weight stays pruned. N:M patterns in a gradual schedule prune `floor(r_t * M)` entries per
+    group of M at each event (r_t: the schedule's ratio at that event), so only the final event (r_t = N/M) yields
+    the exact N:M pattern; intermediate events are coarser N:M patterns.
 
     Semantics:
 
@@ -126,8 +113,9 @@ class SparseMask(Callback):
 
     - `setup`: resolve `targets` to parameters (error if none match), check the strategy, create Wanda buffers.
       A module that builds its layers in `configure_model` (after `setup`) is resolved at restore or fit start.
-    - `on_load_checkpoint` / `load_state_dict` (resume only; after the model weights are restored): compare the
-      settings fingerprint, unpack the masks, verify every masked weight is exactly zero.
+    - `on_load_checkpoint` / `load_state_dict` (resume only; after the model weights are restored): bring the
+      state to the current format (`upgrade_state`), compare the settings fingerprint, unpack the masks, verify
+      every masked weight is exactly zero.
     - `on_fit_start`: build masks from `mask_source` (unless restored), run a magnitude event due at this step,
       apply masks, register the optimizer step pre/post hooks and Wanda forward hooks, check ranks agree.
     - `on_train_batch_start`: run a pruning event if one is due at `trainer.global_step`.
@@ -141,7 +129,8 @@ class SparseMask(Callback):
     - `on_validation_start`, `on_save_checkpoint`: re-apply masks (explicit only). Lightning skips
       `on_save_checkpoint` for weights-only checkpoints; those rely on the step post-hook, which has already
       re-zeroed the weights before any checkpoint callback runs.
-    - `state_dict`: packed masks, schedule position, Wanda statistics, settings fingerprint.
+    - `state_dict`: packed masks, schedule position, Wanda statistics, settings fingerprint (version
+      `STATE_VERSION`).
     - `teardown`: remove every hook; the final masks stay readable through `masks`.
 
     Supported strategies: single device and DDP (any precision). Sharded strategies (FSDP, ModelParallel,
@@ -149,19 +138,20 @@ class SparseMask(Callback):
 
     Args:
         targets: Regex that must fully match (`re.fullmatch`) the `pl_module.named_parameters()` names of the
-            tensors to mask. Default: the q/k/v/o/gate/up/down projection weights of Llama-family models.
+            tensors to mask, as `targets` does everywhere in litprune. Default: the q/k/v/o/gate/up/down projection
+            weights of Llama-family models (`litprune.pruning.targets.DEFAULT_TARGETS`).
         mask_source: Where the initial masks come from: "module" (the LightningModule's `pruning_masks`
             attribute), "zeros" (`weight != 0` at fit start) or "dense" (no mask until the schedule prunes).
         schedule: "none" (keep the initial masks), "one_shot" (prune once at `start_step`) or "gradual"
             (cubic schedule from `start_step` to `end_step`).
-        sparsity: Pruned fraction in [0, 1) reached by the schedule (per tensor). For an N:M pattern leave it
-            unset (it is N/M). Only used with a schedule.
+        ratio: Pruning ratio (pruned fraction, in [0, 1)) reached by the schedule, per tensor. For an N:M
+            pattern leave it unset (it is N/M). Only used with a schedule.
         pattern: "unstructured" or an N:M pattern such as "2:4" or "4:8" (N pruned in every M inputs).
         score: "magnitude" (`|W|`) or "wanda" (`|W|` times the input-feature L2 norm from training batches).
         per_row: Comparison group for unstructured pruning: True = each output row prunes the same fraction
             (Wanda's rule), False = each whole tensor (the reference magnitude rule). Default: True for wanda,
             False for magnitude.
-        initial_sparsity: Sparsity of the first gradual event (s_0 of the cubic schedule).
+        initial_ratio: Pruning ratio of the first gradual event (s_0 of the cubic schedule).
         start_step: Optimizer step of the first pruning event. Wanda needs at least one step of statistics,
             so it requires start_step >= 1.
         end_step: Optimizer step of the last gradual event (required for "gradual").
@@ -187,12 +177,12 @@ class SparseMask(Callback):
         self,
         targets: str = DEFAULT_TARGETS,
         mask_source: MaskSource = "module",
-        schedule: ScheduleName = "none",
-        sparsity: float | None = None,
+        schedule: ScheduleKind = "none",
+        ratio: float | None = None,
         pattern: str = "unstructured",
         score: ScoreName = "magnitude",
         per_row: bool | None = None,
-        initial_sparsity: float = 0.0,
+        initial_ratio: float = 0.0,
         start_step: int = 0,
         end_step: int | None = None,
         frequency: int = 100,
@@ -214,20 +204,11 @@ class SparseMask(Callback):
             if not isinstance(value, bool):
                 problems.append(f"{name}={value!r} must be true or false")
 
-        def steps(name: str, value: Any, minimum: int) -> None:
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                problems.append(f"{name}={value!r} must be an integer >= {minimum}")
-
-        self._regex: re.Pattern | None = None
-        if not isinstance(targets, str) or not targets:
-            problems.append(f"targets={targets!r} must be a non-empty regex string")
-        else:
-            try:
-                self._regex = re.compile(targets)
-            except re.error as err:
-                problems.append(f"targets={targets!r} is not a valid regex ({err})")
+        try:
+            self._regex = compile_targets(targets)
+        except ValueError as err:
+            problems.append(str(err).rstrip("."))
         choice("mask_source", mask_source, ("module", "zeros", "dense"))
-        choice("schedule", schedule, ("none", "one_shot", "gradual"))
         choice("score", score, ("magnitude", "wanda"))
         choice("semantics", semantics, ("explicit", "paper"))
         choice("clip_on", clip_on, ("unmasked", "masked"))
@@ -236,70 +217,28 @@ class SparseMask(Callback):
         flag("reset_optimizer_state", reset_optimizer_state)
         flag("strict_restore", strict_restore)
         flag("log_per_parameter", log_per_parameter)
-        steps("start_step", start_step, 0)
-        steps("frequency", frequency, 1)
-        if end_step is not None:
-            steps("end_step", end_step, 1)
-        if log_every_n_steps is not None:
-            steps("log_every_n_steps", log_every_n_steps, 1)
+        if log_every_n_steps is not None and (
+            not isinstance(log_every_n_steps, int) or isinstance(log_every_n_steps, bool) or log_every_n_steps < 1
+        ):
+            problems.append(f"log_every_n_steps={log_every_n_steps!r} must be an integer >= 1")
         if not isinstance(masks_attribute, str) or not masks_attribute.isidentifier():
             problems.append(f"masks_attribute={masks_attribute!r} must be a Python attribute name")
-        for name, value in (("sparsity", sparsity), ("initial_sparsity", initial_sparsity)):
-            if value is not None and (
-                not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0
-            ):
-                problems.append(f"{name}={value!r} must be a pruned fraction in [0, 1)")
-
-        parsed = None
-        try:
-            parsed = parse_pattern(pattern) if isinstance(pattern, str) else None
-            if parsed is None:
-                problems.append(f"pattern={pattern!r} must be a string such as 'unstructured' or '2:4'")
-        except ValueError as err:
-            problems.append(f"pattern={pattern!r}: {err}")
+        problems += PruningSchedule.problems(schedule, ratio, initial_ratio, start_step, end_step, frequency, pattern)
 
         if not problems:
-            if parsed.is_nm:
-                if sparsity is None:
-                    sparsity = parsed.ratio
-                elif abs(sparsity - parsed.ratio) > 1e-9:
-                    problems.append(
-                        f"sparsity={sparsity!r} contradicts pattern={pattern!r}, which prunes exactly "
-                        f"{parsed.ratio:g}; leave sparsity unset or set it to {parsed.ratio:g}"
-                    )
             if schedule == "none":
                 if mask_source == "dense":
                     problems.append(
                         "mask_source='dense' with schedule='none' would never prune anything; use "
                         "mask_source='module' or 'zeros', or set schedule='one_shot' or 'gradual'"
                     )
-                if sparsity is not None and not parsed.is_nm:
-                    problems.append(f"sparsity={sparsity!r} is only used by a schedule, but schedule='none'")
-                if parsed.is_nm:
-                    problems.append(f"pattern={pattern!r} is only used by a schedule, but schedule='none'")
                 if score != "magnitude":
                     problems.append(f"score={score!r} is only used by a schedule, but schedule='none'")
-            else:
-                if sparsity is None:
-                    problems.append(f"schedule={schedule!r} needs `sparsity` (the pruned fraction to reach)")
-                if score == "wanda" and start_step < 1:
-                    problems.append(
-                        f"score='wanda' gathers input norms from training batches, so the first event needs "
-                        f"start_step >= 1, got start_step={start_step}"
-                    )
-            if schedule == "gradual":
-                if end_step is None:
-                    problems.append("schedule='gradual' needs `end_step` (the step that reaches `sparsity`)")
-                elif sparsity is not None:
-                    try:
-                        validate_schedule(float(initial_sparsity), float(sparsity), start_step, end_step, frequency)
-                    except ValueError as err:
-                        problems.append(str(err).rstrip("."))
-            else:
-                if end_step is not None:
-                    problems.append(f"end_step={end_step!r} is only used by schedule='gradual'")
-                if initial_sparsity != 0.0:
-                    problems.append(f"initial_sparsity={initial_sparsity!r} is only used by schedule='gradual'")
+            elif score == "wanda" and start_step < 1:
+                problems.append(
+                    f"score='wanda' gathers input norms from training batches, so the first event needs "
+                    f"start_step >= 1, got start_step={start_step}"
+                )
             if semantics == "paper" and clip_on == "masked":
                 problems.append(
                     "clip_on='masked' contradicts semantics='paper', which clips the unmasked gradient; "
@@ -313,17 +252,14 @@ class SparseMask(Callback):
         if problems:
             raise ValueError("Invalid SparseMask arguments: " + "; ".join(problems) + ".")
 
+        #: When to prune and how much (checked above; read-only views below give the constructor's names).
+        self.pruning_schedule = PruningSchedule(
+            schedule, ratio, initial_ratio, start_step, end_step, frequency, pattern
+        )
         self.targets = targets
         self.mask_source = mask_source
-        self.schedule = schedule
-        self.sparsity = None if sparsity is None else float(sparsity)
-        self.pattern = str(parsed)
         self.score = score
         self.per_row = (score == "wanda") if per_row is None else per_row
-        self.initial_sparsity = float(initial_sparsity)
-        self.start_step = start_step
-        self.end_step = end_step
-        self.frequency = frequency
         self.semantics = semantics
         self.clip_on = clip_on
         self.reset_optimizer_state = reset_optimizer_state
@@ -331,7 +267,6 @@ class SparseMask(Callback):
         self.log_every_n_steps = log_every_n_steps
         self.log_per_parameter = log_per_parameter
         self.masks_attribute = masks_attribute
-        self._pattern = parsed
 
         self._pl_module: pl.LightningModule | None = None
         self._params: dict[str, nn.Parameter] = {}
@@ -341,7 +276,7 @@ class SparseMask(Callback):
         self._hooked_optimizers: list[int] = []
         self._masked_before_clip: set[int] = set()
         self._last_event_step = -1
-        self._current_sparsity = 0.0
+        self._current_ratio = 0.0
         self._restored = False
         self._pending_state: dict | None = None
         self._unbound_module: pl.LightningModule | None = None
@@ -354,6 +289,42 @@ class SparseMask(Callback):
     # ------------------------------------------------------------------ public views
 
     @property
+    def schedule(self) -> str:
+        """The schedule's name: "none", "one_shot" or "gradual"."""
+        return self.pruning_schedule.kind
+
+    @property
+    def ratio(self) -> float | None:
+        """Pruning ratio the schedule reaches (N/M for an N:M pattern); None without a schedule."""
+        return self.pruning_schedule.ratio
+
+    @property
+    def initial_ratio(self) -> float:
+        """Pruning ratio of the first gradual event."""
+        return self.pruning_schedule.initial_ratio
+
+    @property
+    def pattern(self) -> str:
+        """ "unstructured" or "N:M"."""
+        return self.pruning_schedule.pattern
+
+    @property
+    def start_step(self) -> int:
+        """Optimizer step of the first pruning event."""
+        return self.pruning_schedule.start_step
+
+    @property
+    def end_step(self) -> int | None:
+        """Optimizer step of the last gradual event."""
+        return self.pruning_schedule.end_step
+
+    @property
+    def frequency(self) -> int:
+        """Optimizer steps between gradual events."""
+        return self.pruning_schedule.frequency
+
+    @property
+    @override
     def state_key(self) -> str:
         # Only the targets identify an instance; every other setting is compared on resume, so a changed
         # setting gives a clear error instead of a silently ignored state.
@@ -366,11 +337,11 @@ class SparseMask(Callback):
             "targets": self.targets,
             "mask_source": self.mask_source,
             "schedule": self.schedule,
-            "sparsity": self.sparsity,
+            "ratio": self.ratio,
             "pattern": self.pattern,
             "score": self.score,
             "per_row": self.per_row,
-            "initial_sparsity": self.initial_sparsity,
+            "initial_ratio": self.initial_ratio,
             "start_step": self.start_step,
             "end_step": self.end_step,
             "frequency": self.frequency,
@@ -387,9 +358,9 @@ class SparseMask(Callback):
         return dict(self._masks)
 
     @property
-    def current_sparsity(self) -> float:
-        """Target sparsity of the latest schedule event (0.0 before the first one)."""
-        return self._current_sparsity
+    def current_ratio(self) -> float:
+        """Target pruning ratio of the latest schedule event (0.0 before the first one)."""
+        return self._current_ratio
 
     @property
     def last_event_step(self) -> int | None:
@@ -400,7 +371,7 @@ class SparseMask(Callback):
         """`sparsity/global`, `sparsity/target` and `sparsity/<param name>` (pruned fraction of each tensor).
 
         The global value is total pruned entries over total entries of all masked tensors, so tensors that share
-        a module are each counted once with their own size.
+        a module are each counted once with their own size. `sparsity/target` is the schedule's `current_ratio`.
         """
         masks = self.masks
         report: dict[str, float] = {}
@@ -414,21 +385,22 @@ class SparseMask(Callback):
                 report[f"sparsity/{name}"] = pruned / mask.numel()
         report["sparsity/global"] = pruned_total / numel_total if numel_total else 0.0
         if self.schedule != "none":
-            report["sparsity/target"] = self._current_sparsity
+            report["sparsity/target"] = self._current_ratio
         return report
 
     # ------------------------------------------------------------------ Lightning hooks
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         with self._timed("setup"):
-            self._check_strategy(trainer)
+            check_mask_strategy(trainer.strategy, type(self).__name__)
             self._pl_module = None
             self._params = {}
             self._masks = {}
             self._last_event_step = -1
-            self._current_sparsity = 0.0
+            self._current_ratio = 0.0
             self._restored = False
             self._last_logged_step = -1
             self._norms = None
@@ -438,6 +410,150 @@ class SparseMask(Callback):
             # state is loaded or at fit start.
             if next(iter(pl_module.parameters()), None) is not None:
                 self._bind(pl_module)
+
+    @override
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key in states:
+            return
+        prefix = f"{type(self).__qualname__}{{"
+        claimed = {cb.state_key for cb in trainer.callbacks if isinstance(cb, SparseMask)}
+        orphans = [key for key in states if isinstance(key, str) and key.startswith(prefix) and key not in claimed]
+        if not orphans:
+            return
+        details = []
+        for key in orphans:
+            state = states[key] if isinstance(states[key], dict) else {}
+            saved = upgrade_settings(state.get("settings") or {}, state_version(state))
+            details.append(self._describe_differences(saved) or f"state key {key}")
+        raise ValueError(
+            "The checkpoint was written with SparseMask settings that differ from the current ones: "
+            + " | ".join(details)
+            + ". Resume with the same settings, or start a new run from the weights only."
+        )
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return  # `state_dict` writes nothing before the masks exist: nothing to restore
+        if self._pl_module is None and self._unbound_module is not None:
+            self._bind(self._unbound_module)  # restoring runs after `configure_model`: the parameters exist now
+        if self._pl_module is None:
+            # Called before setup (e.g. by hand): apply once the targets are known.
+            self._pending_state = state_dict
+            return
+        self._restore(state_dict)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        if not self._masks:
+            return {}
+        state: dict[str, Any] = {
+            "version": STATE_VERSION,
+            "settings": self.settings(),
+            "masks": pack_masks(self.masks),
+            "last_event_step": int(self._last_event_step),
+            "current_ratio": float(self._current_ratio),
+        }
+        if self._norms is not None:
+            state["input_norms"] = self._norms.state_dict()
+        return state
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        with self._timed("on_fit_start"):
+            if self._pl_module is None and self._unbound_module is not None:
+                self._bind(self._unbound_module)
+            if not self._params:
+                raise RuntimeError("SparseMask.on_fit_start ran before setup; attach the callback to the Trainer.")
+            if self._restored:
+                self._masks = {name: mask.to(self._params[name].device) for name, mask in self._masks.items()}
+            else:
+                self._masks = self._initial_masks(pl_module)
+                self._apply_to_weights(self._masks)
+                if self.score == "magnitude":
+                    self._maybe_prune(trainer)
+            self._register_optimizer_hooks(trainer)
+            if self._norms is not None:
+                self._norms.attach()
+            self._check_ranks_agree(trainer)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        with self._timed("on_train_batch_start"):
+            if [id(optimizer) for optimizer in trainer.optimizers] != self._hooked_optimizers:
+                # Optimizers re-created during fit (e.g. by another callback) need the step hooks again.
+                self._register_optimizer_hooks(trainer)
+            self._maybe_prune(trainer)
+            if self._norms is not None:
+                # Gather statistics only while an event is still ahead.
+                self._norms.active = self._last_event_step < self.pruning_schedule.final_step
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        with self._timed("on_train_batch_end"):
+            if self._norms is not None:
+                self._norms.active = False
+            every = self.log_every_n_steps or trainer.log_every_n_steps
+            step = trainer.global_step
+            if step != self._last_logged_step and step % every == 0 and trainer.loggers:
+                self._last_logged_step = step
+                metrics = self.sparsity_report()
+                for logger in trainer.loggers:
+                    logger.log_metrics(metrics, step=step)
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if self.clip_on != "masked":
+            return
+        with self._timed("on_before_optimizer_step"):
+            self._mask_gradients(self._names_in(optimizer))
+            self._masked_before_clip.add(id(optimizer))
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.semantics == "explicit" and self._masks:
+            with self._timed("on_validation_start"):
+                self._apply_to_weights(self._masks)
+
+    @override
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if self.semantics != "explicit" or not self._masks:
+            return
+        with self._timed("on_save_checkpoint"):
+            tensors = checkpoint.get("state_dict", {})
+            missing = [name for name in self._masks if name not in tensors]
+            if missing and not self._warned_missing_in_checkpoint:
+                self._warned_missing_in_checkpoint = True
+                rank_zero_warn(
+                    f"SparseMask could not find {len(missing)} masked tensors (e.g. {missing[0]!r}) in the "
+                    "checkpoint's state_dict; they are saved as the strategy produced them."
+                )
+            with torch.no_grad():
+                for name, mask in self._masks.items():
+                    tensor = tensors.get(name)
+                    if isinstance(tensor, Tensor) and tensor.shape == mask.shape:
+                        # Usually the live weight's storage, already masked: this is the guarantee, not a copy.
+                        tensor.mul_(mask.to(tensor.device))
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for handle in self._optimizer_handles:
+            handle.remove()
+        self._optimizer_handles.clear()
+        self._hooked_optimizers = []
+        self._masked_before_clip.clear()
+        if self._norms is not None:
+            self._norms.detach()
+            self._norms.active = False
+
+    # ------------------------------------------------------------------ binding to the module
 
     def _bind(self, pl_module: pl.LightningModule) -> None:
         """Resolve the targets on the built module, create Wanda buffers and apply a state loaded earlier."""
@@ -461,138 +577,63 @@ class SparseMask(Callback):
                 state, self._pending_state = self._pending_state, None
                 self._restore(state)
 
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        states = checkpoint.get("callbacks") or {}
-        if self.state_key in states:
-            return
-        prefix = f"{type(self).__qualname__}{{"
-        claimed = {cb.state_key for cb in trainer.callbacks if isinstance(cb, SparseMask)}
-        orphans = [key for key in states if isinstance(key, str) and key.startswith(prefix) and key not in claimed]
-        if not orphans:
-            return
-        details = []
-        for key in orphans:
-            saved = states[key].get("settings", {}) if isinstance(states[key], dict) else {}
-            details.append(self._describe_differences(saved) or f"state key {key}")
-        raise ValueError(
-            "The checkpoint was written with SparseMask settings that differ from the current ones: "
-            + " | ".join(details)
-            + ". Resume with the same settings, or start a new run from the weights only."
-        )
+    def _resolve_targets(self, pl_module: nn.Module) -> dict[str, nn.Parameter]:
+        params = {name: p for name, p in pl_module.named_parameters() if self._regex.fullmatch(name)}
+        if not params:
+            examples = [name for name, _ in pl_module.named_parameters()][:6]
+            raise ValueError(
+                f"targets={self.targets!r} matches none of the {type(pl_module).__name__}'s parameters (full-name "
+                f"match), e.g. {examples}. Pass a regex such as '.*\\.weight' that fully matches the names to mask."
+            )
+        if self.pruning_schedule.sparsity_pattern.is_nm or self.schedule != "none":
+            for name, p in params.items():
+                if p.dim() < 2:
+                    raise ValueError(
+                        f"Parameter {name!r} has shape {list(p.shape)}; pruning schedules need tensors with at "
+                        "least 2 dimensions ([out, in, ...]). Exclude it from `targets`."
+                    )
+        return params
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if self._pl_module is None and self._unbound_module is not None:
-            self._bind(self._unbound_module)  # restoring runs after `configure_model`: the parameters exist now
-        if self._pl_module is None:
-            # Called before setup (e.g. by hand): apply once the targets are known.
-            self._pending_state = state_dict
-            return
-        self._restore(state_dict)
-
-    def state_dict(self) -> dict[str, Any]:
-        if not self._masks:
-            return {}
-        state: dict[str, Any] = {
-            "version": _STATE_VERSION,
-            "settings": self.settings(),
-            "masks": {
-                name: {"shape": list(mask.shape), "packed": pack_mask(mask).cpu()} for name, mask in self.masks.items()
-            },
-            "last_event_step": int(self._last_event_step),
-            "current_sparsity": float(self._current_sparsity),
-        }
-        if self._norms is not None:
-            state["input_norms"] = self._norms.state_dict()
-        return state
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        with self._timed("on_fit_start"):
-            if self._pl_module is None and self._unbound_module is not None:
-                self._bind(self._unbound_module)
-            if not self._params:
-                raise RuntimeError("SparseMask.on_fit_start ran before setup; attach the callback to the Trainer.")
-            if self._restored:
-                self._masks = {name: mask.to(self._params[name].device) for name, mask in self._masks.items()}
-            else:
-                self._masks = self._initial_masks(pl_module)
-                self._apply_to_weights(self._masks)
-                if self.score == "magnitude":
-                    self._maybe_prune(trainer)
-            self._register_optimizer_hooks(trainer)
-            if self._norms is not None:
-                self._norms.attach()
-            self._check_ranks_agree(trainer)
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int):
-        with self._timed("on_train_batch_start"):
-            if [id(optimizer) for optimizer in trainer.optimizers] != self._hooked_optimizers:
-                # Optimizers re-created during fit (e.g. by another callback) need the step hooks again.
-                self._register_optimizer_hooks(trainer)
-            if self.schedule != "none":
-                self._maybe_prune(trainer)
-            if self._norms is not None:
-                self._norms.active = self._last_event_step < self._final_event_step()
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        with self._timed("on_train_batch_end"):
-            if self._norms is not None:
-                self._norms.active = False
-            every = self.log_every_n_steps or trainer.log_every_n_steps
-            step = trainer.global_step
-            if step != self._last_logged_step and step % every == 0 and trainer.loggers:
-                self._last_logged_step = step
-                metrics = self.sparsity_report()
-                for logger in trainer.loggers:
-                    logger.log_metrics(metrics, step=step)
-
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        if self.clip_on != "masked":
-            return
-        with self._timed("on_before_optimizer_step"):
-            owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
-            names = [name for name, p in self._params.items() if id(p) in owned]
-            self._mask_gradients(names)
-            self._masked_before_clip.add(id(optimizer))
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.semantics == "explicit" and self._masks:
-            with self._timed("on_validation_start"):
-                self._apply_to_weights(self._masks)
-
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        if self.semantics != "explicit" or not self._masks:
-            return
-        with self._timed("on_save_checkpoint"):
-            tensors = checkpoint.get("state_dict", {})
-            missing = [name for name in self._masks if name not in tensors]
-            if missing and not self._warned_missing_in_checkpoint:
-                self._warned_missing_in_checkpoint = True
-                rank_zero_warn(
-                    f"SparseMask could not find {len(missing)} masked tensors (e.g. {missing[0]!r}) in the "
-                    "checkpoint's state_dict; they are saved as the strategy produced them."
-                )
-            with torch.no_grad():
-                for name, mask in self._masks.items():
-                    tensor = tensors.get(name)
-                    if isinstance(tensor, Tensor) and tensor.shape == mask.shape:
-                        # Usually the live weight's storage, already masked: this is the guarantee, not a copy.
-                        tensor.mul_(mask.to(tensor.device))
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        for handle in self._optimizer_handles:
-            handle.remove()
-        self._optimizer_handles.clear()
-        self._hooked_optimizers = []
-        self._masked_before_clip.clear()
-        if self._norms is not None:
-            self._norms.detach()
-            self._norms.active = False
+    def _initial_masks(self, pl_module: pl.LightningModule) -> dict[str, Tensor]:
+        if self.mask_source == "dense":
+            return {name: torch.ones_like(p, dtype=torch.bool) for name, p in self._params.items()}
+        if self.mask_source == "zeros":
+            return {name: p.detach() != 0 for name, p in self._params.items()}
+        given = module_masks(pl_module, self.masks_attribute)
+        if not isinstance(given, dict):
+            raise ValueError(
+                f"mask_source='module' reads `{self.masks_attribute}` (dict of parameter name -> bool mask) from "
+                f"the LightningModule, but {type(pl_module).__name__} has "
+                f"{'none' if given is None else type(given).__name__}. Set it before fit, use "
+                "mask_source='zeros' to capture weight != 0, or mask_source='dense' with a schedule."
+            )
+        unknown = sorted(set(given) - set(self._params))
+        missing = sorted(set(self._params) - set(given))
+        if unknown or missing:
+            raise ValueError(
+                f"`{self.masks_attribute}` does not match targets={self.targets!r}: "
+                + (f"masks for untargeted or unknown parameters {unknown[:5]}; " if unknown else "")
+                + (f"no mask for targeted parameters {missing[:5]}; " if missing else "")
+                + "make the mask keys the full pl_module parameter names and adjust `targets` to the same set."
+            )
+        masks = {}
+        for name, p in self._params.items():
+            mask = given[name]
+            if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(p.shape):
+                shape = list(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+                raise ValueError(f"Mask for {name!r} has shape {shape}, but the parameter has {list(p.shape)}.")
+            if mask.dtype != torch.bool:
+                if not bool(((mask == 0) | (mask == 1)).all()):
+                    raise ValueError(f"Mask for {name!r} has dtype {mask.dtype} with values other than 0/1.")
+                mask = mask != 0
+            masks[name] = mask.to(p.device)
+        return masks
 
     # ------------------------------------------------------------------ optimizer step hooks
+
+    def _names_in(self, optimizer: torch.optim.Optimizer) -> list[str]:
+        owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        return [name for name, p in self._params.items() if id(p) in owned]
 
     def _register_optimizer_hooks(self, trainer: pl.Trainer) -> None:
         for handle in self._optimizer_handles:
@@ -600,8 +641,7 @@ class SparseMask(Callback):
         self._optimizer_handles.clear()
         self._hooked_optimizers = [id(optimizer) for optimizer in trainer.optimizers]
         for optimizer in trainer.optimizers:
-            owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
-            names = [name for name, p in self._params.items() if id(p) in owned]
+            names = self._names_in(optimizer)
             if not names:
                 continue
             self._optimizer_handles.append(optimizer.register_step_pre_hook(partial(self._pre_step, names)))
@@ -653,97 +693,22 @@ class SparseMask(Callback):
                 else:
                     param.grad.mul_(self._masks[name])
 
-    # ------------------------------------------------------------------ masks and events
-
-    def _resolve_targets(self, pl_module: nn.Module) -> dict[str, nn.Parameter]:
-        params = {name: p for name, p in pl_module.named_parameters() if self._regex.fullmatch(name)}
-        if not params:
-            examples = [name for name, _ in pl_module.named_parameters()][:6]
-            raise ValueError(
-                f"targets={self.targets!r} matches none of the {type(pl_module).__name__}'s parameters (full-name "
-                f"match), e.g. {examples}. Pass a regex such as '.*\\.weight' that fully matches the names to mask."
-            )
-        if self._pattern.is_nm or self.schedule != "none":
-            for name, p in params.items():
-                if p.dim() < 2:
-                    raise ValueError(
-                        f"Parameter {name!r} has shape {list(p.shape)}; pruning schedules need tensors with at "
-                        "least 2 dimensions ([out, in, ...]). Exclude it from `targets`."
-                    )
-        return params
-
-    def _initial_masks(self, pl_module: pl.LightningModule) -> dict[str, Tensor]:
-        if self.mask_source == "dense":
-            return {name: torch.ones_like(p, dtype=torch.bool) for name, p in self._params.items()}
-        if self.mask_source == "zeros":
-            return {name: p.detach() != 0 for name, p in self._params.items()}
-        given = module_masks(pl_module, self.masks_attribute)
-        if not isinstance(given, dict):
-            raise ValueError(
-                f"mask_source='module' reads `{self.masks_attribute}` (dict of parameter name -> bool mask) from "
-                f"the LightningModule, but {type(pl_module).__name__} has "
-                f"{'none' if given is None else type(given).__name__}. Set it before fit, use "
-                "mask_source='zeros' to capture weight != 0, or mask_source='dense' with a schedule."
-            )
-        unknown = sorted(set(given) - set(self._params))
-        missing = sorted(set(self._params) - set(given))
-        if unknown or missing:
-            raise ValueError(
-                f"`{self.masks_attribute}` does not match targets={self.targets!r}: "
-                + (f"masks for untargeted or unknown parameters {unknown[:5]}; " if unknown else "")
-                + (f"no mask for targeted parameters {missing[:5]}; " if missing else "")
-                + "make the mask keys the full pl_module parameter names and adjust `targets` to the same set."
-            )
-        masks = {}
-        for name, p in self._params.items():
-            mask = given[name]
-            if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(p.shape):
-                shape = list(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
-                raise ValueError(f"Mask for {name!r} has shape {shape}, but the parameter has {list(p.shape)}.")
-            if mask.dtype != torch.bool:
-                if not bool(((mask == 0) | (mask == 1)).all()):
-                    raise ValueError(f"Mask for {name!r} has dtype {mask.dtype} with values other than 0/1.")
-                mask = mask != 0
-            masks[name] = mask.to(p.device)
-        return masks
-
-    def _final_event_step(self) -> int:
-        if self.schedule == "gradual":
-            return self.end_step
-        if self.schedule == "one_shot":
-            return self.start_step
-        return -1
-
-    def _due_event(self, step: int) -> int | None:
-        if self.schedule == "one_shot":
-            due = self.start_step if step >= self.start_step else None
-        elif self.schedule == "gradual":
-            due = last_pruning_step(step, self.start_step, self.end_step, self.frequency)
-        else:
-            due = None
-        return due if due is not None and due > self._last_event_step else None
-
-    def _target_at(self, step: int) -> float:
-        if self.schedule == "gradual":
-            return cubic_sparsity(
-                step, self.initial_sparsity, self.sparsity, self.start_step, self.end_step, self.frequency
-            )
-        return self.sparsity
+    # ------------------------------------------------------------------ pruning events
 
     def _maybe_prune(self, trainer: pl.Trainer) -> None:
-        due = self._due_event(trainer.global_step)
-        if due is None:
+        due = self.pruning_schedule.last_event(trainer.global_step)
+        if due is None or due <= self._last_event_step:
             return
         with self._timed("pruning_event"):
             self._prune(trainer, due)
 
     def _prune(self, trainer: pl.Trainer, step: int) -> None:
-        target = self._target_at(step)
+        target = self.pruning_schedule.ratio_at(step)
         norms_sum_sq = None
         if self._norms is not None:
-            norms_sum_sq = trainer.strategy.reduce(self._norms.sum_sq.clone(), reduce_op="sum")
-            rows = trainer.strategy.reduce(
-                torch.tensor(float(self._norms.num_rows), device=norms_sum_sq.device), reduce_op="sum"
+            norms_sum_sq = sum_across_ranks(trainer.strategy, self._norms.sum_sq)
+            rows = sum_across_ranks(
+                trainer.strategy, torch.tensor(float(self._norms.num_rows), device=norms_sum_sq.device)
             )
             if float(rows) == 0:
                 raise RuntimeError(
@@ -761,7 +726,7 @@ class SparseMask(Callback):
                     scores = scores * self._norms.norm(name, norms_sum_sq).to(scores.device)
                 # Already pruned entries rank first, so masks only ever shrink.
                 scores = scores.masked_fill(~keep, float("-inf"))
-                new_masks[name] = self._select(scores, target) & keep
+                new_masks[name] = self._select(scores, step) & keep
         self._masks = new_masks
         self._apply_to_weights(new_masks)
         if self.reset_optimizer_state:
@@ -769,16 +734,18 @@ class SparseMask(Callback):
         if self._norms is not None:
             self._norms.reset()
         self._last_event_step = step
-        self._current_sparsity = float(target)
+        self._current_ratio = float(target)
         self._check_ranks_agree(trainer)
 
-    def _select(self, scores: Tensor, target: float) -> Tensor:
+    def _select(self, scores: Tensor, step: int) -> Tensor:
+        """Keep-mask of the event at `step` for one tensor's scores (lowest scores pruned)."""
         flat = scores.reshape(scores.shape[0], -1)  # [out, in * ...]
-        if self._pattern.is_nm:
-            n = nm_prune_count(target, self._pattern.m)
-            keep = torch.ones_like(flat, dtype=torch.bool) if n == 0 else nm_mask(flat, n, self._pattern.m)
+        pattern = self.pruning_schedule.sparsity_pattern
+        if pattern.is_nm:
+            n = self.pruning_schedule.nm_prune_count(step)
+            keep = torch.ones_like(flat, dtype=torch.bool) if n == 0 else nm_mask(flat, n, pattern.m)
         else:
-            keep = unstructured_mask(flat, target, per_row=self.per_row)
+            keep = unstructured_mask(flat, self.pruning_schedule.ratio_at(step), per_row=self.per_row)
         return keep.reshape(scores.shape)
 
     def _apply_to_weights(self, masks: dict[str, Tensor]) -> None:
@@ -798,20 +765,7 @@ class SparseMask(Callback):
                             value.mul_(mask.to(value.device))
 
     def _check_ranks_agree(self, trainer: pl.Trainer) -> None:
-        if trainer.world_size <= 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
-            return
-        masks = self.masks
-        sums = []
-        for mask in masks.values():
-            flat = mask.reshape(mask.shape[0], -1).to(torch.float64)
-            rows = torch.arange(1, flat.shape[0] + 1, dtype=torch.float64, device=flat.device)
-            cols = torch.arange(1, flat.shape[1] + 1, dtype=torch.float64, device=flat.device)
-            sums.append(torch.stack([(flat.sum(1) * rows).sum(), (flat.sum(0) * cols).sum()]))
-        local = torch.stack(sums)
-        high, low = local.clone(), local.clone()
-        torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
-        torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
-        differ = [name for name, h, lo in zip(masks, high, low, strict=True) if not torch.equal(h, lo)]
+        differ = masks_differing_across_ranks(self.masks, trainer.world_size)
         if differ:
             raise RuntimeError(
                 f"SparseMask masks differ across the {trainer.world_size} ranks for {len(differ)} tensors "
@@ -821,49 +775,29 @@ class SparseMask(Callback):
 
     # ------------------------------------------------------------------ resume
 
-    def _describe_differences(self, saved: dict[str, Any]) -> str:
-        now = self.settings()
-        diffs = [
-            f"{key}: checkpoint={saved.get(key, '<absent>')!r}, now={now.get(key, '<absent>')!r}"
-            for key in sorted(set(saved) | set(now))
-            if saved.get(key, "<absent>") != now.get(key, "<absent>")
-        ]
-        return "; ".join(diffs)
+    def _describe_differences(self, saved: Mapping[str, Any]) -> str:
+        # A setting an older checkpoint does not record counts as this class's default for it.
+        defaults = {
+            name: parameter.default
+            for name, parameter in inspect.signature(SparseMask.__init__).parameters.items()
+            if parameter.default is not inspect.Parameter.empty
+        }
+        return describe_differences(saved, self.settings(), defaults)
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        version = state.get("version")
-        if version != _STATE_VERSION:
-            raise ValueError(
-                f"SparseMask state version {version!r} is not supported (this litprune reads version "
-                f"{_STATE_VERSION}); resume with the litprune version that wrote the checkpoint."
-            )
-        differences = self._describe_differences(state.get("settings", {}))
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        state = upgrade_state(state)
+        differences = self._describe_differences(state["settings"])
         if differences:
             raise ValueError(
                 f"The checkpoint was written with different SparseMask settings: {differences}. Resume with the "
                 "same settings, or start a new run from the weights only."
             )
-        saved = state["masks"]
-        if set(saved) != set(self._params):
-            extra = sorted(set(saved) - set(self._params))[:5]
-            absent = sorted(set(self._params) - set(saved))[:5]
-            raise ValueError(
-                f"The checkpoint's masks do not cover the same parameters as targets={self.targets!r} on this "
-                f"model: only in checkpoint {extra}, only in model {absent}. Resume with the same model and targets."
-            )
-        masks = {}
+        masks = unpack_masks(state["masks"], self._params, self.targets)
         bad = []
-        for name, param in self._params.items():
-            shape = [int(s) for s in saved[name]["shape"]]
-            if shape != list(param.shape):
-                raise ValueError(
-                    f"The checkpoint's mask for {name!r} has shape {shape}, but the parameter has {list(param.shape)}."
-                )
-            mask = unpack_mask(saved[name]["packed"].to(param.device), shape)
-            stray = int((param.detach().ne(0) & ~mask).sum())
+        for name, mask in masks.items():
+            stray = int((self._params[name].detach().ne(0) & ~mask).sum())
             if stray:
                 bad.append(f"{name} ({stray} masked entries are non-zero)")
-            masks[name] = mask
         if bad:
             message = (
                 "Restored SparseMask masks disagree with the restored weights: "
@@ -877,21 +811,15 @@ class SparseMask(Callback):
             self._apply_to_weights(masks)
         self._masks = masks
         self._last_event_step = int(state["last_event_step"])
-        self._current_sparsity = float(state["current_sparsity"])
-        if self._norms is not None and "input_norms" in state:
+        saved_ratio = state["current_ratio"]
+        self._current_ratio = float(
+            self.pruning_schedule.ratio_at(self._last_event_step) if saved_ratio is None else saved_ratio
+        )
+        if self._norms is not None and state["input_norms"] is not None:
             self._norms.load_state_dict(state["input_norms"])
         self._restored = True
 
     # ------------------------------------------------------------------ misc
-
-    def _check_strategy(self, trainer: pl.Trainer) -> None:
-        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
-
-        if isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy)):
-            raise ValueError(
-                f"SparseMask supports single-device and DDP training; {type(trainer.strategy).__name__} shards "
-                "parameters, which these masks do not follow yet. Use strategy='ddp' (or a single device)."
-            )
 
     @contextmanager
     def _timed(self, key: str) -> Iterator[None]:

@@ -1,5 +1,8 @@
 """The `litprune` command: `fit`, `validate`, `test` (LightningCLI) and litprune's own subcommands.
 
+Map: `lightning_cli` (`LitpruneCLI`: run directory, checks before any work), `run_config` (the saved config and
+the resume checks); `litprune eval` lives in `litprune.eval.run`, `litprune study` in `litprune.study.runner`.
+
 - `litprune fit --config configs/experiment/tiny_scratch.yaml`: train one run (resume: add `--ckpt_path last`).
 - `litprune eval runs/tiny_scratch/export --tasks offline --perplexity embedded`: lm-eval tasks and perplexity.
 - `litprune study --config configs/study/tiny.yaml`: the token-matched study (arms, ledger, report).

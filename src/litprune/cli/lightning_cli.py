@@ -15,7 +15,6 @@ What litprune adds to plain LightningCLI:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +31,12 @@ from litprune.cli.run_config import (
     trained_settings,
 )
 from litprune.data.datamodule import TokenDataModule
+from litprune.models.positions import check_seq_len
 from litprune.modules.causal_lm import CausalLM, check_vocab
 from litprune.training.budget import TokenBudget
 from litprune.training.checkpoint_io import AtomicCheckpointIO
 from litprune.training.metrics_logger import MetricsLogger
+from litprune.utils.atomic import atomic_write_json
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "default_root_dir": "runs/default",
@@ -156,21 +157,18 @@ class LitpruneCLI(LightningCLI):
                 "data": datamodule.record() if hasattr(datamodule, "record") else None,
                 "export": str(run_dir / self._get(self.config_init, "export").dirname),
             }
-            tmp = run_dir / ".results.json.tmp"
-            tmp.write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
-            tmp.replace(run_dir / "results.json")
+            atomic_write_json(run_dir / "results.json", record, default=str)
 
 
 def _check_positions(model: CausalLM, seq_len: int) -> None:
     if not model.init_strategy.needs_architecture:
         return
-    config = model.architecture(vocab_size=256)
-    if seq_len > config.max_position_embeddings:
-        raise ValueError(
-            f"data.init_args.seq_len={seq_len} exceeds the model's max_position_embeddings="
-            f"{config.max_position_embeddings} (preset {model.preset!r}). Lower seq_len or override "
-            "max_position_embeddings in model.init_args.overrides."
-        )
+    check_seq_len(
+        seq_len,
+        model.architecture(vocab_size=256),
+        source=f"preset {model.preset!r}",
+        remedy="override max_position_embeddings in model.init_args.overrides",
+    )
 
 
 def _check_explicit_vocab(model: CausalLM, datamodule: Any) -> None:

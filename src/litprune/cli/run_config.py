@@ -7,14 +7,14 @@ data settings the checkpoint was trained with: any difference is reported key by
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 from lightning.pytorch.cli import SaveConfigCallback
+
+from litprune.utils.atomic import atomic_write_text
 
 # Settings that may change on resume without changing what is trained.
 RESUME_TOLERATED = (
@@ -33,7 +33,7 @@ class RunConfig(SaveConfigCallback):
         if trainer.is_global_zero:
             log_dir.mkdir(parents=True, exist_ok=True)
             text = self.parser.dump(self.config, skip_none=False)
-            _atomic_write(log_dir / self.config_filename, text)
+            atomic_write_text(log_dir / self.config_filename, text)
         self.already_saved = trainer.strategy.broadcast(True)
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
@@ -91,14 +91,3 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
         return out
     return {prefix: value}
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -24,6 +24,13 @@ from litprune.data.order import WindowOrder, rank_microbatches
 from litprune.data.prepare import TextSource, prepare_tokens, resolve_files
 from litprune.data.slices import ResolvedSlice, TokenSlice, default_slices, num_windows, resolve_slices, window_tokens
 from litprune.data.store import TokenStore
+from litprune.data.tokenizer import DEFAULT_VOCAB_SIZE
+
+DEFAULT_SEQ_LEN = 256
+"""`TokenDataModule`'s tokens per training sequence when `seq_len` is not set (the study sizes its steps with it)."""
+
+DEFAULT_MICRO_BATCH_SIZE = 8
+"""`TokenDataModule`'s sequences per process per forward pass when `micro_batch_size` is not set."""
 
 
 class TokenDataModule(LightningDataModule):
@@ -56,9 +63,9 @@ class TokenDataModule(LightningDataModule):
         self,
         source: TextSource | None = None,
         tokenizer: str | None = None,
-        vocab_size: int = 4096,
-        seq_len: int = 256,
-        micro_batch_size: int = 8,
+        vocab_size: int = DEFAULT_VOCAB_SIZE,
+        seq_len: int = DEFAULT_SEQ_LEN,
+        micro_batch_size: int = DEFAULT_MICRO_BATCH_SIZE,
         slices: dict[str, TokenSlice] | None = None,
         train_slice: str = "train",
         val_slice: str | None = "val",

@@ -43,9 +43,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from litprune.data.cache import atomic_dir, cache_root
+from litprune.data.cache import cache_root
 from litprune.data.corpus import EMBEDDED_SPLITS, corpus_fingerprint, embedded_documents
 from litprune.data.tokenizer import tokenizer_identity
+from litprune.utils.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 

@@ -29,14 +29,18 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
-from litprune.data.cache import atomic_dir, cache_root
+from litprune.data.cache import cache_root
 from litprune.data.corpus import corpus_fingerprint, embedded_documents
+from litprune.utils.atomic import atomic_dir
 
 BOS_TOKEN = "<|begin_of_text|>"
 EOS_TOKEN = "<|end_of_text|>"
 SPECIAL_TOKENS = (BOS_TOKEN, EOS_TOKEN)
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
 """Smallest vocabulary: the 256 byte symbols plus the special tokens."""
+
+DEFAULT_VOCAB_SIZE = 4096
+"""Vocabulary of the embedded BPE when none is asked for (the `TokenDataModule` default; suits the embedded corpus)."""
 
 # Bump when the training recipe changes, so cached tokenizers trained the old way are not reused.
 _RECIPE_VERSION = 1
@@ -47,7 +51,7 @@ def _check_vocab_size(vocab_size: int) -> None:
         raise ValueError(
             f"vocab_size={vocab_size!r} is too small for a byte-level BPE tokenizer: it needs the 256 byte symbols "
             f"plus {len(SPECIAL_TOKENS)} special tokens {list(SPECIAL_TOKENS)}. Use an integer >= {MIN_VOCAB_SIZE} "
-            "(4096 suits the embedded corpus)."
+            f"({DEFAULT_VOCAB_SIZE} suits the embedded corpus)."
         )
 
 
@@ -121,7 +125,7 @@ def tokenizer_identity(tokenizer: PreTrainedTokenizerFast) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def embedded_tokenizer(vocab_size: int = 4096, cache_dir: Path | None = None) -> PreTrainedTokenizerFast:
+def embedded_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE, cache_dir: Path | None = None) -> PreTrainedTokenizerFast:
     """The byte-level BPE tokenizer of the embedded corpus, trained once and then loaded from the cache.
 
     Trained on the train split of the embedded corpus (the standard library source of this interpreter).
@@ -156,7 +160,7 @@ def embedded_tokenizer(vocab_size: int = 4096, cache_dir: Path | None = None) ->
     return PreTrainedTokenizerFast.from_pretrained(str(path))
 
 
-def embedded_tokenizer_path(vocab_size: int = 4096, cache_dir: Path | None = None) -> Path:
+def embedded_tokenizer_path(vocab_size: int = DEFAULT_VOCAB_SIZE, cache_dir: Path | None = None) -> Path:
     """The cache directory `embedded_tokenizer` uses for this corpus and vocabulary size (may not exist yet)."""
     _check_vocab_size(vocab_size)
     key_source = {

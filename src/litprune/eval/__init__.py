@@ -9,6 +9,8 @@
   non-overlapping windows, a window cap); the result states split, window length, windows and tokens.
 - `text_sources`: hub corpora by name (`c4`, `wikitext`, `cnn_dailymail`, ...) with an explicit split, local
   files, and the embedded held-out split.
+- `task_scorer`: `make_task_scorer("task:winogrande", tokenizer)`, one lm-eval task as a Minitron-depth scorer
+  (a callable `model -> float` for `litprune.pruning`); `StructuredPrune` resolves `scorer: task:...` with it.
 - `run`: `run_eval(...)`, the `litprune eval` command: evaluate a saved model and write one JSON record.
 - `callback`: `EvalCallback`, the same evaluations inside a Lightning run, every N tokens and at the end.
 - `borrow`: how a live model is evaluated and handed back unchanged (mode, device, random states).

@@ -203,7 +203,8 @@ class EvalCallback(Callback):
 
     def _evaluate(self, trainer: Any, pl_module: Any, tokens: int | None) -> dict[str, Any]:
         from litprune.eval.harness import run_specs
-        from litprune.eval.run import perplexity_entry, write_json_atomic
+        from litprune.eval.run import perplexity_entry
+        from litprune.utils.atomic import atomic_write_json
 
         model = self._model(pl_module)
         if self._tokenizer is None:
@@ -257,7 +258,7 @@ class EvalCallback(Callback):
             "perplexity": ppl,
         }
         name = f"eval-tokens{tokens}.json" if tokens is not None else f"eval-step{trainer.global_step}.json"
-        record["path"] = str(write_json_atomic(record, self._output_dir(trainer) / name))
+        record["path"] = str(atomic_write_json(self._output_dir(trainer) / name, record, default=str))
         self.records.append(record)
         return record
 

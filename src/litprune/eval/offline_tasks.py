@@ -253,7 +253,7 @@ def prepare_offline_task(
 
 
 def _publish(final: Path, name: str, examples: list[dict[str, Any]], params: dict[str, Any]) -> None:
-    from litprune.data.cache import atomic_dir
+    from litprune.utils.atomic import atomic_dir
 
     data = "".join(json.dumps(example, ensure_ascii=False, sort_keys=True) + "\n" for example in examples)
     data_sha = hashlib.sha256(data.encode("utf-8")).hexdigest()

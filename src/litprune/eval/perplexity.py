@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from litprune.eval.borrow import borrowed, check_tokenizer_fits, embedding_rows, model_device
 from litprune.eval.text_sources import TextSource
+from litprune.models.positions import check_seq_len
 
 PAPER_WINDOW_LENGTH = 8192
 PAPER_MAX_WINDOWS = 256
@@ -73,11 +74,12 @@ def window_length_for(model: Any, requested: int | None) -> int:
     max_positions = getattr(model.config, "max_position_embeddings", None)
     if requested is None:
         return min(PAPER_WINDOW_LENGTH, max_positions or PAPER_WINDOW_LENGTH)
-    if max_positions is not None and requested > max_positions:
-        raise ValueError(
-            f"seq_len={requested} exceeds the model's max_position_embeddings={max_positions}; use a window of at "
-            f"most {max_positions} tokens (or leave seq_len unset to use {min(PAPER_WINDOW_LENGTH, max_positions)})."
-        )
+    check_seq_len(
+        requested,
+        model.config,
+        name="seq_len",
+        remedy=f"leave seq_len unset to use {min(PAPER_WINDOW_LENGTH, max_positions or PAPER_WINDOW_LENGTH)}",
+    )
     return requested
 
 

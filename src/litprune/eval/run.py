@@ -12,8 +12,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from litprune.eval.offline_tasks import DEFAULT_MAX_EXAMPLES, prepare_offline_ta
 from litprune.eval.perplexity import PAPER_MAX_WINDOWS, perplexity, window_length_for
 from litprune.eval.tasks import resolve_tasks
 from litprune.eval.text_sources import TextSource, load_documents, load_text_source, parse_source_spec
+from litprune.utils.atomic import atomic_write_json
 
 PAPER_PERPLEXITY_SOURCES = ("c4", "wikitext", "cnn_dailymail")
 RECORD_FORMAT = "litprune-eval/1"
@@ -180,7 +179,7 @@ def run_eval(
         "perplexity": ppl_results,
     }
     destination = Path(out) if out is not None else default_output_path(model_path)
-    write_json_atomic(record, destination)
+    atomic_write_json(destination, record, default=str)
     return record
 
 
@@ -223,24 +222,6 @@ def load_for_eval(path: str | Path, tokenizer: str | None = None, dtype: str = "
 def default_output_path(model_path: Path) -> Path:
     """`<dir>/eval.json` for a model directory, `<name>.eval.json` beside a checkpoint."""
     return model_path / "eval.json" if model_path.is_dir() else model_path.with_suffix(".eval.json")
-
-
-def write_json_atomic(record: dict, destination: str | Path) -> Path:
-    """Write `record` as JSON to a temporary file beside `destination`, then rename it into place."""
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(record, handle, indent=2, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, destination)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return destination
 
 
 def token_counts(record: dict[str, Any] | None) -> dict[str, int]:

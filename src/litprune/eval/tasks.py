@@ -19,13 +19,13 @@ per process and reused.
 
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from litprune.eval.offline_tasks import NEXT_LINE, NEXT_SPAN
+from litprune.utils.suggest import did_you_mean
 
 PAPER_TASKS: dict[str, str] = {
     "winogrande": "acc",
@@ -146,8 +146,7 @@ def _unknown_message(unknown: list[str], consult_index: bool) -> str:
     candidates = own_task_names() + (lm_eval_task_names() if consult_index else [])
     lines = []
     for name in unknown:
-        close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
-        hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "no close match."
+        hint = did_you_mean(name, candidates, sentence=False) or "no close match."
         lines.append(f"  {name!r}: {hint}")
     return (
         "Unknown task name(s):\n" + "\n".join(lines) + "\nUse a preset ('paper', 'offline'), litprune's offline tasks "

@@ -24,12 +24,13 @@ default here too, so numbers compare with the paper, and the split is always rec
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from litprune.utils.suggest import did_you_mean
 
 Document = tuple[str, str]
 """(name, text): a relative path or row id, and the document's text."""
@@ -137,8 +138,7 @@ def parse_source_spec(spec: str) -> tuple[str, str | None, Path | None]:
         return spec, None, path
     name, _, split = spec.partition(":")
     if name not in known:
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, known)
         raise TextSourceError(
             f"Unknown text source {name!r}.{hint} Known corpora: {', '.join(known)}; or give a path to a .txt or "
             ".jsonl file or a directory of text files."

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from litprune.models.positions import check_seq_len
 from litprune.pruning.calibration import calibration_windows
 
 
@@ -83,30 +84,26 @@ class Calibration:
         """Tokens the calibration windows hold: `nsamples * seqlen`."""
         return self.nsamples * self.seqlen
 
-    def check_positions(self, max_positions: int | None, model: str = "the parent") -> None:
-        """Raise if a window of `seqlen` tokens does not fit the model's positions.
+    def check_positions(self, model_config: Any, model: str = "the parent") -> None:
+        """Raise if a window of `seqlen` tokens does not fit the positions of the model `model_config` describes.
 
         Args:
-            max_positions: the model's `max_position_embeddings` (None: no limit known, nothing checked).
+            model_config: the model's config (None, or no `max_position_embeddings`: nothing is checked).
             model: how to name the model in the error message.
 
         Raises:
-            ValueError: `seqlen > max_positions`.
+            ValueError: `seqlen` exceeds the model's `max_position_embeddings`.
         """
-        if max_positions is not None and self.seqlen > int(max_positions):
-            raise ValueError(
-                f"calibration seqlen={self.seqlen} exceeds the max_position_embeddings={max_positions} of {model}; "
-                f"set calibration.seqlen to at most {max_positions}."
-            )
+        check_seq_len(self.seqlen, model_config, name="calibration.seqlen", whose=f"{model}'s")
 
-    def draw(self, data: Any = None, max_positions: int | None = None) -> tuple[Tensor, dict[str, Any]]:
+    def draw(self, data: Any = None, model_config: Any = None) -> tuple[Tensor, dict[str, Any]]:
         """Draw the calibration windows from a slice of `data`.
 
         Args:
             data: the run's `TokenDataModule` (set up here if it is not yet). None falls back to the embedded
                 corpus with the default data settings (`TokenDataModule()`, its default 4096-token BPE), which
                 the provenance states; a pruned parent must have been trained with that tokenizer.
-            max_positions: the parent's `max_position_embeddings`, to refuse windows the parent cannot read.
+            model_config: the parent's config, to refuse windows longer than its `max_position_embeddings`.
 
         Returns:
             `(windows, provenance)`: a LongTensor `[nsamples, seqlen]` and a JSON-ready dict with `source` (the
@@ -117,11 +114,11 @@ class Calibration:
 
         Raises:
             ValueError: `slice` is not a slice of `data` (the defined slices are listed), the slice holds fewer
-                than `seqlen + 1` tokens, or `seqlen` exceeds `max_positions`.
+                than `seqlen + 1` tokens, or `seqlen` exceeds the parent's positions.
         """
         from litprune.data.store import TokenStore
 
-        self.check_positions(max_positions)
+        self.check_positions(model_config)
         fallback = data is None
         if fallback:
             from litprune.data.datamodule import TokenDataModule

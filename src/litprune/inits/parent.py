@@ -11,6 +11,7 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig
 
 from litprune.models.loading import check_model_family
+from litprune.models.positions import check_seq_len
 
 
 def read_parent_config(parent: str) -> PretrainedConfig:
@@ -58,13 +59,7 @@ def check_run_data(parent: str, parent_config: PretrainedConfig, data: Any) -> N
     tokenizer = run_tokenizer(data)
     if tokenizer is not None:
         _check_tokenizer(parent, parent_config, tokenizer)
-    seq_len = getattr(data, "seq_len", None)
-    max_positions = getattr(parent_config, "max_position_embeddings", None)
-    if seq_len is not None and max_positions is not None and int(seq_len) > int(max_positions):
-        raise ValueError(
-            f"data.init_args.seq_len={seq_len} exceeds the parent's max_position_embeddings={max_positions} "
-            f"({parent!r}). Lower seq_len to at most {max_positions}."
-        )
+    check_seq_len(getattr(data, "seq_len", None), parent_config, whose="the parent's", source=repr(parent))
 
 
 def _check_tokenizer(parent: str, parent_config: PretrainedConfig, tokenizer: Any) -> None:

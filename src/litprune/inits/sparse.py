@@ -29,8 +29,6 @@ place, `sparsity_masks.safetensors`, `sparsity.json`), and `FromPretrained` of t
 
 from __future__ import annotations
 
-import difflib
-import re
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -41,8 +39,10 @@ from litprune.inits.parent import check_run_data, local_config_path, parent_reco
 from litprune.inits.sparse_controls import random_init_random_mask, random_init_same_mask, reinit_surviving
 from litprune.models.loading import load_causal_lm
 from litprune.models.params import count_parameters
-from litprune.pruning.patterns import parse_pattern
+from litprune.pruning.patterns import check_ratio, parse_pattern
 from litprune.pruning.sparse import CALIBRATED_METHODS, METHOD_KWARGS, METHODS, prune_sparse
+from litprune.pruning.targets import DEFAULT_TARGETS, compile_targets
+from litprune.utils.suggest import did_you_mean
 
 CONTROLS: dict[str, str] = {
     "none": "the pruned parent's weights (P_M-R_N)",
@@ -63,9 +63,11 @@ class SparsePrune(InitStrategy):
     the methods that need them, prunes with `litprune.pruning.sparse.prune_sparse` and applies `control`. It hands
     over an ordinary model of the parent's class and shapes (pruned weights are 0 in place) together with the
     keep-masks, keyed by the model's parameter names (`model.layers.0.self_attn.q_proj.weight`, ...). The run
-    keeps them with a `SparseMask(mask_source="module")` callback (`callbacks/sparse_mask_from_init.yaml`); its
-    default `targets` are the 7 decoder linears, the same default as here. With a narrower `targets` regex, give
-    the callback a regex selecting the same parameters.
+    keeps them with a `SparseMask(mask_source="module")` callback (`callbacks/sparse_mask_from_init.yaml`). Both
+    read `targets` the same way (a regex that fully matches parameter names) with the same default,
+    `litprune.pruning.targets.DEFAULT_TARGETS`. With a narrower `targets` here, give the callback a regex selecting
+    the same parameters; the callback sees the LightningModule's names (`model.` + the names here), so a regex
+    starting with `(?:.*\\.)?` serves both.
 
     The run record (`export/litprune.json`, `results.json`) holds the pruning record (method, pattern, ratio,
     targets, achieved sparsity per matrix, per layer and overall), the parent's path and run record, the control
@@ -90,8 +92,9 @@ class SparsePrune(InitStrategy):
         method: "wanda" (default), "sparsegpt" or "magnitude".
         ratio: pruned fraction of each target matrix, in [0, 1). For an N:M pattern it must be N/M (or null).
         pattern: "unstructured" (default) or "N:M" such as "2:4" or "4:8" (N pruned in every M input columns).
-        targets: regex (`re.search` on module names) selecting the linears to prune; None: the 7 decoder linears
-            of every layer.
+        targets: regex that must fully match (`re.fullmatch`) the parameter names of the weights to prune, e.g.
+            `model.layers.0.mlp.up_proj.weight`; only `nn.Linear` weights are pruned. Default: the
+            q/k/v/o/gate/up/down projection weights of every decoder layer.
         calibration: which tokens Wanda and SparseGPT calibrate on (default `Calibration()`: 128 windows of 256
             tokens of the `train` slice, seed 0). Ignored by magnitude, which reads no data.
         control: "none" (default), "reinit", "random_same_mask" or "random_fresh_mask" (see above).
@@ -113,7 +116,7 @@ class SparsePrune(InitStrategy):
         method: str = "wanda",
         ratio: float | None = 0.5,
         pattern: str = "unstructured",
-        targets: str | None = None,
+        targets: str = DEFAULT_TARGETS,
         calibration: Calibration | None = None,
         control: str = "none",
         control_seed: int = 0,
@@ -123,30 +126,27 @@ class SparsePrune(InitStrategy):
         if not isinstance(parent, str) or not parent:
             problems.append(f"parent={parent!r} must be a checkpoint directory (e.g. runs/tiny_scratch/export).")
         if method not in METHODS:
-            problems.append(f"Unknown method {method!r}.{_close(method, METHODS)} Available: {', '.join(METHODS)}.")
+            hint = did_you_mean(method, METHODS, cutoff=0.5)
+            problems.append(f"Unknown method {method!r}.{hint} Available: {', '.join(METHODS)}.")
         parsed = None
         try:
             parsed = parse_pattern(pattern)
         except (ValueError, TypeError, AttributeError) as err:
             problems.append(f"pattern={pattern!r}: {err}")
-        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio < 1):
-            problems.append(f"ratio={ratio!r} is out of range; a sparse ratio is the pruned fraction in [0, 1).")
-        elif parsed is not None and parsed.is_nm and ratio is not None and abs(ratio - parsed.ratio) > 1e-9:
-            problems.append(
-                f"Pattern {parsed} prunes exactly N/M = {parsed.ratio:g} of the weights, so ratio={ratio} cannot be "
-                f"reached; set ratio to {parsed.ratio:g} or null."
-            )
-        elif parsed is not None and not parsed.is_nm and ratio is None:
-            problems.append("pattern='unstructured' needs a ratio (the pruned fraction in [0, 1)), e.g. ratio: 0.5.")
-        if targets is not None:
-            try:
-                re.compile(targets)
-            except (re.error, TypeError) as err:
-                problems.append(f"targets={targets!r} is not a valid regex ({err}).")
+        try:
+            if parsed is not None:
+                parsed.resolve_ratio(ratio)
+            elif ratio is not None:
+                check_ratio(ratio)
+        except (ValueError, TypeError) as err:
+            problems.append(str(err))
+        try:
+            compile_targets(targets)
+        except ValueError as err:
+            problems.append(str(err))
         if control not in CONTROLS:
-            problems.append(
-                f"Unknown control {control!r}.{_close(control, CONTROLS)} Available: {', '.join(CONTROLS)}."
-            )
+            hint = did_you_mean(control, CONTROLS, cutoff=0.5)
+            problems.append(f"Unknown control {control!r}.{hint} Available: {', '.join(CONTROLS)}.")
         if isinstance(control_seed, bool) or not isinstance(control_seed, int):
             problems.append(f"control_seed={control_seed!r} must be an integer.")
         method_kwargs = {} if method_kwargs is None else method_kwargs
@@ -191,7 +191,7 @@ class SparsePrune(InitStrategy):
         """
         config = read_parent_config(self.parent)
         if self.needs_data:
-            self.calibration.check_positions(getattr(config, "max_position_embeddings", None))
+            self.calibration.check_positions(config)
         if self.control == "reinit" and getattr(config, "tie_word_embeddings", False):
             raise ValueError(
                 f"control='reinit' redraws lm_head but keeps the embeddings, and the parent {self.parent!r} ties "
@@ -205,9 +205,7 @@ class SparsePrune(InitStrategy):
         check_run_data(self.parent, parent_config, data)
         windows, provenance = None, None
         if self.needs_data:
-            windows, provenance = self.calibration.draw(
-                data, max_positions=getattr(parent_config, "max_position_embeddings", None)
-            )
+            windows, provenance = self.calibration.draw(data, model_config=parent_config)
         model = load_causal_lm(self.parent)
         result = prune_sparse(
             model,
@@ -244,8 +242,3 @@ class SparsePrune(InitStrategy):
         if self.control == "random_fresh_mask":
             return random_init_random_mask(model, masks, seed=self.control_seed, pattern=self.pattern, std=CONTROL_STD)
         return masks
-
-
-def _close(name: Any, choices: Any) -> str:
-    close = difflib.get_close_matches(str(name), list(choices), n=3, cutoff=0.5)
-    return f" Did you mean {' or '.join(map(repr, close))}?" if close else ""

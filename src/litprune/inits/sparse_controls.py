@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from litprune.pruning.patterns import nm_mask, parse_pattern
+from litprune.utils.suggest import suggestion
 
 
 def _check_masks(model: nn.Module, masks: dict[str, Tensor]) -> dict[str, nn.Parameter]:
@@ -28,8 +29,9 @@ def _check_masks(model: nn.Module, masks: dict[str, Tensor]) -> dict[str, nn.Par
     problems = []
     for name, mask in masks.items():
         if name not in params:
-            close = [p for p in params if p.endswith(name) or name.endswith(p)][:2]
-            problems.append(f"{name!r} is not a parameter of the model{f' (did you mean {close})' if close else ''}")
+            # A name with or without the wrapper's prefix ("model.") is the likely slip, so suggest by suffix.
+            hint = suggestion([p for p in params if p.endswith(name) or name.endswith(p)][:2], sentence=False)
+            problems.append(f"{name!r} is not a parameter of the model{f' ({hint})' if hint else ''}")
         elif mask.shape != params[name].shape:
             problems.append(f"{name!r}: mask shape {tuple(mask.shape)} != weight shape {tuple(params[name].shape)}")
         elif mask.dtype != torch.bool:

@@ -30,12 +30,12 @@ parent records one (its exported tokenizer files or `litprune.json`), is an erro
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any
 
 from transformers import PretrainedConfig
 
+from litprune.eval.task_scorer import check_task_scorer, is_task_scorer, make_task_scorer
 from litprune.inits.base import InitResult, InitStrategy
 from litprune.inits.calibration import Calibration
 from litprune.inits.parent import (
@@ -46,9 +46,13 @@ from litprune.inits.parent import (
     run_tokenizer,
 )
 from litprune.models.loading import load_causal_lm
-from litprune.pruning.scorers import check_scorer, is_task_scorer
+from litprune.pruning.scorers import check_scorer
 from litprune.pruning.shapes import ShapePlan, check_convention, check_ratio_open, solve_shape
 from litprune.pruning.structured import STRUCTURED_METHODS, prune_structured
+from litprune.utils.suggest import did_you_mean
+
+# The names StructuredPrune gives the task scorer's few-shot count and example limit (used in messages).
+SCORER_OPTIONS = ("scorer_fewshot", "scorer_limit")
 
 # Target keys each kind of shape accepts (see `litprune.pruning.shapes.solve_shape`).
 TARGET_KEYS: dict[str, tuple[str, ...]] = {
@@ -62,6 +66,8 @@ class StructuredPrune(InitStrategy):
 
     `build` loads the parent, draws calibration windows from the run's own data (`calibration.slice`), prunes
     with `litprune.pruning.structured.prune_structured` and hands over an ordinary model of the parent's class.
+    A `task:` scorer name is resolved here into lm-eval's scorer (`litprune.eval.task_scorer.make_task_scorer`,
+    with the run's tokenizer), which the pure pruning function receives as a callable.
     The run record (`export/litprune.json`, `results.json`) then holds the pruning record (method, requested and
     achieved ratio under both conventions, kept layers or sizes, scores), the parent's path and its own run
     record if it is a litprune export, and the calibration provenance; the calibration tokens enter the run's
@@ -86,7 +92,7 @@ class StructuredPrune(InitStrategy):
             task scorer no calibration windows are drawn (`calibration` is unused and no calibration tokens
             enter the ledger); the record's `scorer_task` names the task, metric and example counts.
         batch_size: calibration windows per forward pass (the reference uses 1; Minitron-width is sensitive to it).
-            A task scorer runs lm-eval with `litprune.pruning.scorers.TASK_BATCH_SIZE` requests per pass.
+            A task scorer runs lm-eval with `litprune.eval.task_scorer.TASK_BATCH_SIZE` requests per pass.
         scorer_fewshot: task scorer only: few-shot examples per prompt (the reference's 8B script: 5).
         scorer_limit: task scorer only: evaluate the first `scorer_limit` examples of the task (the reference
             passes its `calib_size`); None (default) evaluates all of them.
@@ -114,10 +120,7 @@ class StructuredPrune(InitStrategy):
     ) -> None:
         problems = check_target_arguments(parent, method, ratio, target, convention, accept_kinds=False)
         if method == "minitron_depth":
-            try:
-                check_scorer(scorer, scorer_fewshot, scorer_limit, option_names=("scorer_fewshot", "scorer_limit"))
-            except ValueError as err:
-                problems.append(str(err))
+            problems.extend(_scorer_problems(scorer, scorer_fewshot, scorer_limit))
         else:
             given = {"scorer": scorer, "scorer_fewshot": scorer_fewshot, "scorer_limit": scorer_limit}
             defaults = {"scorer": "perplexity", "scorer_fewshot": 0, "scorer_limit": None}
@@ -163,27 +166,28 @@ class StructuredPrune(InitStrategy):
                 window is longer than the parent's positions.
         """
         config = read_parent_config(self.parent)
-        self.calibration.check_positions(getattr(config, "max_position_embeddings", None))
+        self.calibration.check_positions(config)
         return solve_shape(config, self.kind, ratio=self.ratio, target=self.target, convention=self.convention)
 
     def build(self, config: PretrainedConfig | None = None, data: Any = None) -> InitResult:
         """Load the parent, calibrate on the run's data, prune; `config` is ignored (the parent defines it)."""
         parent_config = read_parent_config(self.parent)
         self.plan()
-        max_positions = getattr(parent_config, "max_position_embeddings", None)
         check_run_data(self.parent, parent_config, data)
         task_scored = self.method == "minitron_depth" and is_task_scorer(self.scorer)
-        tokenizer = run_tokenizer(data) if task_scored else None
-        if task_scored and tokenizer is None:
-            raise ValueError(
-                f"StructuredPrune: scorer={self.scorer!r} runs lm-eval with the run's tokenizer, but the run's data "
-                f"({type(data).__name__}) has none. Build the run with a TokenDataModule (litprune fit does)."
-            )
+        scorer = self.scorer
         if task_scored:
+            tokenizer = run_tokenizer(data)
+            if tokenizer is None:
+                raise ValueError(
+                    f"StructuredPrune: scorer={self.scorer!r} runs lm-eval with the run's tokenizer, but the run's "
+                    f"data ({type(data).__name__}) has none. Build the run with a TokenDataModule (litprune fit does)."
+                )
+            scorer = make_task_scorer(self.scorer, tokenizer, num_fewshot=self.scorer_fewshot, limit=self.scorer_limit)
             # The task brings its own examples; no training-corpus windows are read.
             windows, provenance, tokens = None, {}, {}
         else:
-            windows, provenance = self.calibration.draw(data, max_positions=max_positions)
+            windows, provenance = self.calibration.draw(data, model_config=parent_config)
             tokens = {"calibration": self.calibration.tokens}
         model = load_causal_lm(self.parent)
         # The freshly loaded parent is not needed afterwards: prune depth in place to hold one copy in memory.
@@ -194,14 +198,13 @@ class StructuredPrune(InitStrategy):
             target=self.target,
             windows=windows,
             convention=self.convention,
-            scorer=self.scorer,
+            scorer=scorer,
             batch_size=self.batch_size,
             inplace=True,
-            tokenizer=tokenizer,
-            scorer_fewshot=self.scorer_fewshot,
-            scorer_limit=self.scorer_limit,
         )
         del model
+        if task_scored:
+            record["scorer_task"] = dict(scorer.details)  # task, metric, options and example counts
         pruned.train()  # from_pretrained returns eval mode; the run trains the model
         record = {
             "strategy": "structured_prune",
@@ -212,6 +215,27 @@ class StructuredPrune(InitStrategy):
         return InitResult(model=pruned, record=record, tokens=tokens)
 
 
+def _scorer_problems(scorer: str, num_fewshot: int, limit: int | None) -> list[str]:
+    """Problems with a Minitron-depth scorer name and its task options (`scorer_fewshot`, `scorer_limit`)."""
+    if is_task_scorer(scorer):
+        try:
+            check_task_scorer(scorer, num_fewshot, limit, option_names=SCORER_OPTIONS)
+        except ValueError as err:
+            return [str(err)]
+        return []
+    problems: list[str] = []
+    try:
+        check_scorer(scorer)
+    except ValueError as err:
+        problems.append(str(err))
+    if num_fewshot != 0 or limit is not None:
+        problems.append(
+            f"{SCORER_OPTIONS[0]}={num_fewshot!r} and {SCORER_OPTIONS[1]}={limit!r} apply only to task scorers "
+            f"('task:<name>'); the scorer {scorer!r} takes neither. Remove them."
+        )
+    return problems
+
+
 def check_target_arguments(parent, method, ratio, target, convention, accept_kinds: bool) -> list[str]:
     problems: list[str] = []
     if not isinstance(parent, str | Path) or not str(parent):
@@ -219,8 +243,7 @@ def check_target_arguments(parent, method, ratio, target, convention, accept_kin
     names = list(STRUCTURED_METHODS) + (list(TARGET_KEYS) if accept_kinds else [])
     kind = STRUCTURED_METHODS.get(method, method if accept_kinds else None)
     if kind not in TARGET_KEYS or (method not in STRUCTURED_METHODS and not accept_kinds):
-        close = difflib.get_close_matches(str(method), names, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        hint = did_you_mean(method, names, cutoff=0.5)
         problems.append(f"Unknown method {method!r}.{hint} Available: {', '.join(names)}.")
         kind = None
     if ratio is not None:

@@ -9,10 +9,11 @@ own byte-level BPE), so a tiny model always matches its data.
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from transformers import LlamaConfig
+
+from litprune.utils.suggest import did_you_mean
 
 _LLAMA31_8B: dict[str, Any] = {
     "vocab_size": 128256,
@@ -80,8 +81,7 @@ def preset_fields(name: str) -> dict[str, Any]:
         ValueError: `name` is not a preset; the message lists the close matches and all names.
     """
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, PRESETS, n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, PRESETS)
         raise ValueError(f"Unknown model preset {name!r}.{hint} Available presets: {', '.join(preset_names())}.")
     return dict(PRESETS[name])
 

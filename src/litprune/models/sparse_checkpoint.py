@@ -4,9 +4,10 @@ Layout of a sparse checkpoint directory:
 
     config.json, model.safetensors, ...   `save_pretrained` output, pruned weights stored as zeros in place;
                                           loads with plain `from_pretrained`, no litprune needed
-    sparsity_masks.safetensors            keep-masks, 1 bit per weight: each mask flattened and packed with
-                                          numpy.packbits (big-endian bit order) into uint8; the metadata
-                                          entry "shapes" (JSON) holds every mask's shape
+    sparsity_masks.safetensors            keep-masks, 1 bit per weight: each mask flattened and packed into
+                                          uint8 by `litprune.models.mask_packing.pack_mask` (numpy.packbits,
+                                          big-endian bit order); the metadata entry "shapes" (JSON) holds
+                                          every mask's shape
     sparsity.json                         the record (method, pattern, ratio, calibration, achieved sparsity)
 
 The explicit masks let training keep the exact pattern (a weight that is 0 by chance is not pruned), and
@@ -19,16 +20,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
+
+from litprune.models.mask_packing import pack_mask, packed_size, unpack_mask
+from litprune.utils.atomic import atomic_dir
 
 MASKS_FILE = "sparsity_masks.safetensors"
 RECORD_FILE = "sparsity.json"
@@ -63,8 +64,7 @@ def save_masks(masks: dict[str, Tensor], path: str | os.PathLike) -> None:
     for name, mask in masks.items():
         if mask.dtype != torch.bool:
             raise ValueError(f"Mask {name!r} has dtype {mask.dtype}; masks are bool tensors (True = keep).")
-        flat = mask.detach().cpu().reshape(-1).numpy()
-        tensors[name] = torch.from_numpy(np.packbits(flat, bitorder="big"))
+        tensors[name] = pack_mask(mask.detach()).cpu()
         shapes[name] = list(mask.shape)
     save_file(tensors, str(path), metadata={"format": _FORMAT, "shapes": json.dumps(shapes)})
 
@@ -97,14 +97,14 @@ def load_masks(path: str | os.PathLike) -> dict[str, Tensor]:
             if name not in shapes:
                 raise ValueError(f"{file}: mask {name!r} has no shape in the metadata; the file is corrupt.")
             shape = shapes[name]
-            numel = math.prod(shape)
-            packed = handle.get_tensor(name).numpy()
-            if packed.size != (numel + 7) // 8:
+            packed = handle.get_tensor(name)
+            needed = packed_size(math.prod(shape))
+            if packed.dtype != torch.uint8 or packed.numel() != needed:
                 raise ValueError(
-                    f"{file}: mask {name!r} holds {packed.size} bytes, shape {shape} needs {(numel + 7) // 8}."
+                    f"{file}: mask {name!r} holds {packed.numel()} {packed.dtype} values, shape {shape} needs "
+                    f"{needed} uint8 bytes; the file is corrupt."
                 )
-            bits = np.unpackbits(packed, count=numel, bitorder="big").astype(bool)
-            masks[name] = torch.from_numpy(bits).reshape(shape)
+            masks[name] = unpack_mask(packed, shape)
     return masks
 
 
@@ -144,24 +144,12 @@ def save_sparse(
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists; pass overwrite=True to replace it or choose another out_dir.")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_dir(out_dir, replace=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         save_masks(masks, tmp / MASKS_FILE)
         (tmp / RECORD_FILE).write_text(record_text + "\n")
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out_dir
 
 

@@ -25,6 +25,7 @@ from litprune.inits.base import InitResult, InitStrategy
 from litprune.inits.masks import attach_masks
 from litprune.inits.random import RandomInit
 from litprune.models.params import count_parameters
+from litprune.models.positions import check_seq_len
 from litprune.models.presets import build_llama_config
 from litprune.training.budget import TokenBudget
 from litprune.training.lr_schedule import WarmupCosine
@@ -128,13 +129,11 @@ class CausalLM(LightningModule):
         rank_zero_info(f"litprune: {self.arm or 'run'} model: {count_parameters(self.model)}")
         if tokenizer is not None:
             check_vocab(self.model.config.vocab_size, len(tokenizer))
-        seq_len = getattr(datamodule, "seq_len", None)
-        max_positions = getattr(self.model.config, "max_position_embeddings", None)
-        if seq_len is not None and max_positions is not None and seq_len > max_positions:
-            raise ValueError(
-                f"data seq_len={seq_len} exceeds the model's max_position_embeddings={max_positions}. Lower "
-                "seq_len, or raise max_position_embeddings in model overrides (scratch inits only)."
-            )
+        check_seq_len(
+            getattr(datamodule, "seq_len", None),
+            self.model.config,
+            remedy="raise max_position_embeddings in model.init_args.overrides (scratch inits only)",
+        )
 
     def attach(self, result: InitResult) -> None:
         """Adopt an initialisation's model, provenance and masks (mask keys re-prefixed with `model.`)."""

@@ -42,7 +42,8 @@ def prune_magnitude(
         model: a Hugging Face causal LM.
         ratio: pruned fraction in [0, 1); None for an N:M pattern.
         pattern: `"unstructured"`, `"2:4"`, `"4:8"`, ...
-        targets: module name -> linear (from `find_targets`); default: the 7 decoder linears of every layer.
+        targets: module name -> linear (from `find_targets`); default: `find_targets(model)`, the 7 decoder
+            linears of every layer (`DEFAULT_TARGETS`).
 
     Returns:
         Module name -> bool keep-mask shaped like the weight, on the weight's device. Pruned entries are set to

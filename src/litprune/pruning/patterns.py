@@ -62,7 +62,9 @@ class SparsityPattern:
                 )
             return self.ratio
         if ratio is None:
-            raise ValueError(f"pattern='unstructured' needs {name} (the pruned fraction in [0, 1)), e.g. {name}: 0.5.")
+            raise ValueError(
+                f"pattern='unstructured' needs a ratio: set {name} (the pruned fraction in [0, 1)), e.g. {name}: 0.5."
+            )
         check_ratio(ratio, name)
         return float(ratio)
 

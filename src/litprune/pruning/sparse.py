@@ -8,13 +8,12 @@ matrix, per decoder layer and overall. A YAML run describes the same call:
     method: sparsegpt
     ratio: 0.5
     pattern: "2:4"
-    targets: null          # the 7 decoder linears of every layer
+    targets: '(?:.*\\.)?(?:q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\\.weight'   # the default
     method_kwargs: {blocksize: 128, percdamp: 0.01}
 """
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +23,9 @@ from torch import Tensor, nn
 from litprune.pruning.magnitude import prune_magnitude
 from litprune.pruning.patterns import SparsityPattern, parse_pattern
 from litprune.pruning.sparsegpt import prune_sparsegpt
-from litprune.pruning.targets import decoder_layers, find_targets, layer_index_of
+from litprune.pruning.targets import DEFAULT_TARGETS, decoder_layers, find_targets, layer_index_of
 from litprune.pruning.wanda import prune_wanda
+from litprune.utils.suggest import did_you_mean
 
 METHODS = {"magnitude": prune_magnitude, "wanda": prune_wanda, "sparsegpt": prune_sparsegpt}
 """Sparse methods by registry name."""
@@ -101,15 +101,14 @@ def _validate(
     ratio: float | None,
     pattern: str,
     windows: Tensor | None,
-    targets: str | None,
+    targets: str,
     calibration: dict[str, Any] | None,
     method_kwargs: dict[str, Any],
 ) -> tuple[SparsityPattern, dict[str, nn.Linear], str | None]:
     """Check every argument of `prune_sparse`; raise one error listing all problems."""
     problems: list[str] = []
     if method not in METHODS:
-        close = difflib.get_close_matches(str(method), list(METHODS), n=2)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(method, METHODS, n=2)
         raise ValueError(f"Unknown sparse method {method!r}; choose one of {sorted(METHODS)}.{hint}")
 
     parsed = None
@@ -117,16 +116,11 @@ def _validate(
         parsed = parse_pattern(pattern)
     except ValueError as err:
         problems.append(str(err))
-    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1):
-        problems.append(f"ratio={ratio!r} is out of range; a pruning ratio is the pruned fraction in [0, 1).")
-    elif parsed is not None:
-        if parsed.is_nm and ratio is not None and abs(ratio - parsed.ratio) > 1e-9:
-            problems.append(
-                f"Pattern {parsed} prunes exactly N/M = {parsed.ratio:g} of the weights; ratio={ratio} cannot be "
-                f"reached. Leave ratio unset or set it to {parsed.ratio:g} (N:M only exists at N/M)."
-            )
-        if not parsed.is_nm and ratio is None:
-            problems.append("pattern='unstructured' needs a ratio (the pruned fraction in [0, 1)), e.g. ratio=0.5.")
+    if parsed is not None:
+        try:
+            parsed.resolve_ratio(ratio)
+        except ValueError as err:
+            problems.append(str(err))
 
     unknown = sorted(set(method_kwargs) - METHOD_KWARGS[method])
     if unknown:
@@ -197,7 +191,7 @@ def prune_sparse(
     ratio: float | None = None,
     pattern: str = "unstructured",
     windows: Tensor | None = None,
-    targets: str | None = None,
+    targets: str = DEFAULT_TARGETS,
     calibration: dict[str, Any] | None = None,
     progress: bool = True,
     **method_kwargs: Any,
@@ -211,8 +205,9 @@ def prune_sparse(
             leaves the model untouched.
         pattern: `"unstructured"` or `"N:M"` such as `"2:4"`/`"4:8"` (N pruned in every M input columns).
         windows: calibration token ids `[nsamples, seqlen]` from `calibration_windows`.
-        targets: regex selecting the linears to prune (re.search on module names); None = the 7 decoder
-            linears of every layer.
+        targets: regex that must fully match (`re.fullmatch`) the parameter name (`<module name>.weight`) of
+            every `nn.Linear` to prune; default `DEFAULT_TARGETS`, the 7 decoder linears of every layer (see
+            `litprune.pruning.targets`).
         calibration: provenance to store in the record (e.g. the dict `calibration_windows` returns, plus the
             dataset name); the window shape is always recorded.
         progress: show a progress bar over decoder layers (wanda, sparsegpt).

@@ -71,8 +71,10 @@ def sparsegpt_prune_weight(
 
     Returns:
         `(new_weight, keep_mask)`: the compensated weight with pruned entries exactly 0, and the bool mask
-        (True = kept). Dead columns (zero input energy) are zeroed in `new_weight` but stay True in the mask,
-        since the method did not select them.
+        (True = kept). Dead columns (zero input energy) are zeroed in `new_weight`; with a zero weight they
+        score lowest, so at any ratio above 0 they are pruned (False in the mask), as in the reference. Only an
+        unstructured ratio of 0 leaves them True. Under N:M a group marks exactly N per row, so in a group
+        with more than N dead columns the extra ones stay True (their weights are still 0).
 
     Raises:
         ValueError: shapes disagree, the pattern or ratio is invalid, or the damped Hessian is not positive
@@ -159,7 +161,8 @@ def prune_sparsegpt(
         ratio: pruned fraction in [0, 1); None for an N:M pattern. Ratio 0 returns all-True masks without
             touching the model (the reference would prune one entry per block).
         pattern: `"unstructured"`, `"2:4"`, `"4:8"`, ...
-        targets: module name -> linear (from `find_targets`); default: the 7 decoder linears.
+        targets: module name -> linear (from `find_targets`); default: `find_targets(model)`, the 7 decoder
+            linears of every layer (`DEFAULT_TARGETS`).
         blocksize: columns per OBS block (reference 128).
         percdamp: Hessian damping, fraction of its mean diagonal (reference 0.01).
         batch_size: calibration windows per forward call.

@@ -55,7 +55,8 @@ def prune_wanda(
         windows: calibration token ids `[nsamples, seqlen]` (see `calibration_windows`).
         ratio: pruned fraction in [0, 1); None for an N:M pattern.
         pattern: `"unstructured"`, `"2:4"`, `"4:8"`, ...
-        targets: module name -> linear (from `find_targets`); default: the 7 decoder linears.
+        targets: module name -> linear (from `find_targets`); default: `find_targets(model)`, the 7 decoder
+            linears of every layer (`DEFAULT_TARGETS`).
         batch_size: calibration windows per forward call.
         progress: show a progress bar over layers.
 

@@ -34,7 +34,8 @@ from typing import Any
 
 import yaml
 
-from litprune.study.spec import MethodSpec, ParentSpec, StudySpec, long_slice
+from litprune.study.spec import MethodSpec, ParentSpec, StudySpec, long_slice, tokens_per_step
+from litprune.utils.atomic import atomic_write_text
 
 CAUSAL_LM = "litprune.modules.causal_lm.CausalLM"
 DATA_MODULE = "litprune.data.datamodule.TokenDataModule"
@@ -132,13 +133,10 @@ def expand_study(spec: StudySpec) -> list[Arm]:
 def write_arm_configs(arms: list[Arm]) -> None:
     """Write every arm's fit config (atomically; an unchanged file is left as is)."""
     for arm in arms:
-        arm.config_path.parent.mkdir(parents=True, exist_ok=True)
         text = arm.config_text
         if arm.config_path.is_file() and arm.config_path.read_text(encoding="utf-8") == text:
             continue
-        tmp = arm.config_path.with_name(f".{arm.config_path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(arm.config_path)
+        atomic_write_text(arm.config_path, text)
 
 
 # --------------------------------------------------------------------------------------------------- building
@@ -341,7 +339,7 @@ def _fit_config(spec, arm_id, out, model, data, tokens, callbacks=None, trainer_
     trainer = copy.deepcopy(spec.trainer)
     trainer.update(copy.deepcopy(trainer_extra or {}))
     trainer["default_root_dir"] = str(out / "runs" / arm_id)
-    step = _tokens_per_step(spec)
+    step = tokens_per_step(spec)
     steps = max(1, tokens // step)
     interval = max(1, steps // spec.curve_points)
     trainer.setdefault("val_check_interval", interval)
@@ -357,18 +355,6 @@ def _fit_config(spec, arm_id, out, model, data, tokens, callbacks=None, trainer_
         "model": {"class_path": CAUSAL_LM, "init_args": model},
         "data": data,
     }
-
-
-def _tokens_per_step(spec: StudySpec) -> int:
-    devices = spec.trainer.get("devices", 1)
-    devices = devices if isinstance(devices, int) else 1
-    return (
-        spec.data.get("seq_len", 256)
-        * spec.data.get("micro_batch_size", 8)
-        * spec.trainer.get("accumulate_grad_batches", 1)
-        * devices
-        * spec.trainer.get("num_nodes", 1)
-    )
 
 
 def _pattern_tag(pattern: str) -> str:

@@ -284,7 +284,7 @@ def _checks(arms: list[Arm], entries: dict[str, LedgerEntry], measured: bool) ->
 def _planned_parameters(spec: StudySpec, arms: list[Arm]) -> dict[str, int]:
     """Non-embedding parameter counts solved from configs (no weights): parents and structured targets."""
     from litprune.pruning.shapes import count_config_parameters, solve_shape
-    from litprune.study.spec import _data_vocab
+    from litprune.study.spec import data_vocab
 
     out: dict[str, int] = {}
     configs = {}
@@ -293,7 +293,7 @@ def _planned_parameters(spec: StudySpec, arms: list[Arm]) -> dict[str, int]:
             if parent.trained:
                 from litprune.models.presets import build_llama_config
 
-                config = build_llama_config(parent.preset, parent.overrides, vocab_size=_data_vocab(spec) or 32000)
+                config = build_llama_config(parent.preset, parent.overrides, vocab_size=data_vocab(spec) or 32000)
             else:
                 from litprune.inits.parent import read_parent_config
 

@@ -35,14 +35,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
         ) from err
 
 
-def write_json(path: Path, record: dict[str, Any]) -> None:
-    """Write JSON atomically (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
-    tmp.replace(path)
-
-
 def run_result(run_dir: Path) -> dict[str, Any] | None:
     """`results.json` of a run directory (None until the run has finished)."""
     return read_json(Path(run_dir) / "results.json")

@@ -17,9 +17,10 @@ from typing import Any
 
 from litprune.study.arms import Arm
 from litprune.study.ledger import Ledger, build_ledger
-from litprune.study.records import eval_result, heldout_perplexity, run_result, task_accuracy, write_json
+from litprune.study.records import eval_result, heldout_perplexity, run_result, task_accuracy
 from litprune.study.spec import StudySpec
 from litprune.training.budget import paper_token_label
+from litprune.utils.atomic import atomic_file, atomic_write_json, atomic_write_text
 
 ARM_ORDER = {"S_N": 0, "P_M-R_N": 1, "S_M+N": 2}
 
@@ -82,11 +83,11 @@ def write_report(spec: StudySpec, arms: list[Arm]) -> dict[str, Path]:
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-    with open(out / "results.csv", "w", newline="", encoding="utf-8") as handle:
+    with atomic_file(out / "results.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    write_json(
+    atomic_write_json(
         out / "results.json",
         {
             "study": spec.name,
@@ -95,14 +96,13 @@ def write_report(spec: StudySpec, arms: list[Arm]) -> dict[str, Path]:
             "ledger": ledger.as_dict(),
             "readings": readings,
         },
+        default=str,
     )
     from litprune.study.plots import plot_study
 
     plots = plot_study(spec, arms, out / "plots")
     report = out / "report.md"
-    tmp = report.with_name(".report.md.tmp")
-    tmp.write_text(render_markdown(spec, rows, ledger, readings, plots), encoding="utf-8")
-    tmp.replace(report)
+    atomic_write_text(report, render_markdown(spec, rows, ledger, readings, plots))
     return {"report": report, "csv": out / "results.csv", "json": out / "results.json", **plots}
 
 

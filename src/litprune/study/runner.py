@@ -31,9 +31,10 @@ from typing import Any
 
 from litprune.study.arms import Arm, expand_study, write_arm_configs
 from litprune.study.ledger import build_ledger
-from litprune.study.records import EVAL_RECORD, MARKER, eval_result, read_json, run_result, write_json
+from litprune.study.records import EVAL_RECORD, MARKER, eval_result, read_json, run_result
 from litprune.study.spec import StudyError, StudySpec, load_study
 from litprune.training.budget import paper_token_label
+from litprune.utils.atomic import atomic_write_json
 
 
 @dataclass
@@ -201,7 +202,7 @@ def study_main(argv: list[str]) -> None:
 # ---------------------------------------------------------------------------------------------------- running
 def _run_arm(arm: Arm, python: str, log_path: Path, env: dict[str, Any]) -> float:
     marker = read_json(arm.run_dir / MARKER) or {}
-    write_json(
+    atomic_write_json(
         arm.run_dir / MARKER,
         {
             "arm": arm.id,
@@ -210,6 +211,7 @@ def _run_arm(arm: Arm, python: str, log_path: Path, env: dict[str, Any]) -> floa
             "config_hash": arm.config_hash,
             "started": marker.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S"),
         },
+        default=str,
     )
     command = [python, "-m", "litprune", "fit", "--config", str(arm.config_path), "--ckpt_path", "last"]
     start = time.monotonic()
@@ -233,9 +235,10 @@ def _run_arm(arm: Arm, python: str, log_path: Path, env: dict[str, Any]) -> floa
             f"Arm {arm.id} failed (exit code {code}); the end of {log_path}:\n{tail}\nFix the cause and rerun the "
             "same command: finished arms are kept and this one resumes from its last checkpoint."
         )
-    write_json(
+    atomic_write_json(
         arm.run_dir / MARKER,
         {**(read_json(arm.run_dir / MARKER) or {}), "completed": True, "seconds_last_attempt": round(seconds, 1)},
+        default=str,
     )
     return seconds
 
@@ -294,7 +297,7 @@ def _evaluate(spec: StudySpec, pending: list[Arm], settings: dict[str, Any], run
             max_examples=spec.eval.max_examples,
         )
         record["study"] = {"settings": settings, "config_hash": arm.config_hash}
-        write_json(out, record)
+        atomic_write_json(out, record, default=str)
         echo(f"[eval {index}/{len(pending)}] {arm.id}: {time.monotonic() - start:.0f} s")
 
 

@@ -30,20 +30,22 @@ that are not defined. The arms themselves are built by `litprune.study.arms.expa
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from litprune.data.datamodule import DEFAULT_MICRO_BATCH_SIZE, DEFAULT_SEQ_LEN
+from litprune.data.tokenizer import DEFAULT_VOCAB_SIZE
+from litprune.inits.sparse import CONTROLS
+from litprune.pruning.sparse import METHODS as SPARSE_METHODS
 from litprune.pruning.structured import STRUCTURED_METHODS
+from litprune.training.budget import TokenBudget
+from litprune.utils.suggest import did_you_mean
 
-SPARSE_METHODS: tuple[str, ...] = ("wanda", "sparsegpt", "magnitude")
-"""Sparse methods the study can run (`litprune.inits.SparsePrune`)."""
-
-SPARSE_CONTROLS: tuple[str, ...] = ("reinit", "random_same_mask", "random_fresh_mask")
-"""Sparse scratch starting points (`SparsePrune(control=...)`); `reinit` is the paper's."""
+SCRATCH_CONTROLS: tuple[str, ...] = tuple(name for name in CONTROLS if name != "none")
+"""Starting points of the sparse scratch arms: `SparsePrune`'s controls but "none" (that one is `P_M-R_N`)."""
 
 ARM_KINDS: tuple[str, ...] = ("S_N", "P_M-R_N", "S_M+N")
 """The arms of every method x ratio x N, in the paper's notation."""
@@ -319,8 +321,8 @@ def check_study(spec: StudySpec) -> None:
     if not spec.methods:
         problems.append("methods is empty; list at least one, e.g. {method: minitron_depth, ratios: [0.5]}")
     _check_budget_values(spec, problems)
-    step = _tokens_per_step(spec, problems)
-    vocab = _data_vocab(spec)
+    step = tokens_per_step(spec, problems)
+    vocab = data_vocab(spec)
     parent_configs: dict[str, Any] = {}
     for name, parent in spec.parents.items():
         parent_configs[name] = _check_parent(spec, parent, step, vocab, problems)
@@ -362,44 +364,55 @@ def _check_budget_values(spec: StudySpec, problems: list[str]) -> None:
         problems.append(f"retrain_tokens={spec.retrain_tokens!r} repeats a value; list each N once")
 
 
-def _tokens_per_step(spec: StudySpec, problems: list[str]) -> int | None:
-    """Tokens of one optimizer step of every arm (they share the batch shape), or None if not decidable."""
-    seq_len = spec.data.get("seq_len", 256)
-    micro = spec.data.get("micro_batch_size", 8)
-    accumulate = spec.trainer.get("accumulate_grad_batches", 1)
-    devices = spec.trainer.get("devices", 1)
-    nodes = spec.trainer.get("num_nodes", 1)
+def tokens_per_step(spec: StudySpec, problems: list[str] | None = None) -> int | None:
+    """Tokens of one optimizer step of every arm (they share the batch shape), or None if not decidable.
+
+    `TokenBudget.step_tokens` of the study's `data` and `trainer` settings; a data setting the study leaves unset
+    takes `TokenDataModule`'s default, so both always agree.
+
+    Args:
+        spec: the study.
+        problems: where to add what is wrong; None raises it instead.
+
+    Raises:
+        StudyError: a batch setting is not a positive integer (only when `problems` is None).
+    """
+    found: list[str] = []
     values = {
-        "data.seq_len": seq_len,
-        "data.micro_batch_size": micro,
-        "trainer.accumulate_grad_batches": accumulate,
-        "trainer.num_nodes": nodes,
+        "data.seq_len": spec.data.get("seq_len", DEFAULT_SEQ_LEN),
+        "data.micro_batch_size": spec.data.get("micro_batch_size", DEFAULT_MICRO_BATCH_SIZE),
+        "trainer.accumulate_grad_batches": spec.trainer.get("accumulate_grad_batches", 1),
+        "trainer.devices": spec.trainer.get("devices", 1),
+        "trainer.num_nodes": spec.trainer.get("num_nodes", 1),
     }
-    if isinstance(devices, int) and not isinstance(devices, bool):
-        values["trainer.devices"] = devices
-    elif devices not in ("auto", None):
-        problems.append(f"trainer.devices={devices!r}: give a number of devices so the study can size its budgets")
+    devices = values["trainer.devices"]
+    if devices in ("auto", None):
+        values["trainer.devices"] = 1
+    elif not isinstance(devices, int) or isinstance(devices, bool):
+        found.append(f"trainer.devices={devices!r}: give a number of devices so the study can size its budgets")
+    if not found:
+        bad = [f"{k}={v!r}" for k, v in values.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+        if bad:
+            found.append(f"{', '.join(bad)} must be positive integers")
+    if found:
+        if problems is None:
+            raise StudyError(_format(spec.source or f"study {spec.name!r}", found))
+        problems.extend(found)
         return None
-    else:
-        devices = 1
-    bad = [f"{k}={v!r}" for k, v in values.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
-    if bad:
-        problems.append(f"{', '.join(bad)} must be positive integers")
-        return None
-    return seq_len * micro * accumulate * devices * nodes
+    return TokenBudget.step_tokens(
+        values["data.seq_len"],
+        values["data.micro_batch_size"],
+        values["trainer.accumulate_grad_batches"],
+        values["trainer.devices"] * values["trainer.num_nodes"],
+    )
 
 
 def _check_steps(what: str, tokens: int, step: int, problems: list[str]) -> None:
-    if tokens < step:
-        problems.append(
-            f"{what} is smaller than one optimizer step of {step:,} tokens (seq_len x micro_batch_size x "
-            f"accumulate_grad_batches x devices): raise it to at least {step:,} or shrink the batch"
-        )
-    elif tokens % step:
-        lower = tokens // step * step
-        problems.append(
-            f"{what} is not a whole number of optimizer steps of {step:,} tokens; use {lower:,} or {lower + step:,}"
-        )
+    problem = TokenBudget.budget_problem(
+        tokens, step, what, step="data.seq_len x data.micro_batch_size x trainer.accumulate_grad_batches x devices"
+    )
+    if problem:
+        problems.append(problem.rstrip("."))
 
 
 def _parent_tokens(parent: ParentSpec | None) -> int | None:
@@ -417,11 +430,11 @@ def _parent_tokens(parent: ParentSpec | None) -> int | None:
     return None
 
 
-def _data_vocab(spec: StudySpec) -> int | None:
+def data_vocab(spec: StudySpec) -> int | None:
     """The vocabulary the embedded BPE will have (None when a named tokenizer decides it)."""
     if spec.data.get("tokenizer"):
         return None
-    vocab = spec.data.get("vocab_size", 4096)
+    vocab = spec.data.get("vocab_size", DEFAULT_VOCAB_SIZE)
     return vocab if isinstance(vocab, int) else None
 
 
@@ -470,8 +483,7 @@ def _check_method(spec: StudySpec, i: int, method: MethodSpec, configs: dict[str
     where = f"methods[{i}] ({method.method})"
     known = [*STRUCTURED_METHODS, *SPARSE_METHODS]
     if method.method not in known:
-        close = difflib.get_close_matches(str(method.method), known, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        hint = did_you_mean(method.method, known, cutoff=0.5)
         problems.append(f"{where}: unknown method.{hint} Available: {', '.join(known)}")
         return
     parent = spec.parent_of(method)
@@ -532,18 +544,22 @@ def _check_sparse(where: str, method: MethodSpec, problems: list[str]) -> None:
         problems.append(f"{where}: {err}")
         return
     for ratio in method.ratios:
+        # A study arm must prune something, so 0 (which the pattern accepts) is refused here.
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio < 1:
             problems.append(f"{where}: ratio={ratio!r} must be a pruned fraction in (0, 1)")
-        elif pattern.is_nm and abs(float(ratio) - pattern.ratio) > 1e-9:
+            continue
+        try:
+            pattern.resolve_ratio(ratio)
+        except ValueError:
+            # With a ratio in (0, 1), only an N:M pattern's fixed N/M can refuse it; the fix is in the study's ratios.
             problems.append(
                 f"{where}: pattern {pattern} prunes exactly {pattern.ratio:g} of the weights, so ratio {ratio} cannot "
                 f"be reached; use ratios: [{pattern.ratio:g}] or an unstructured pattern"
             )
     for name in [method.scratch, *method.controls]:
-        if name not in SPARSE_CONTROLS:
-            close = difflib.get_close_matches(str(name), SPARSE_CONTROLS, n=2, cutoff=0.5)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            problems.append(f"{where}: unknown sparse control {name!r}.{hint} Available: {', '.join(SPARSE_CONTROLS)}")
+        if name not in SCRATCH_CONTROLS:
+            hint = did_you_mean(name, SCRATCH_CONTROLS, n=2, cutoff=0.5)
+            problems.append(f"{where}: unknown sparse control {name!r}.{hint} Available: {', '.join(SCRATCH_CONTROLS)}")
     if len(set(method.controls)) != len(method.controls) or method.scratch in method.controls:
         problems.append(
             f"{where}: controls={method.controls!r} repeat a control or the scratch arm's {method.scratch!r}"
@@ -659,9 +675,8 @@ def _known(raw: dict[str, Any], cls: type, prefix: str, problems: list[str], exc
         if key in allowed:
             out[key] = value
         else:
-            close = difflib.get_close_matches(str(key), allowed, n=2, cutoff=0.6)
-            hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-            problems.append(f"unknown key {prefix}{key}{hint}; allowed: {', '.join(allowed)}")
+            hint = did_you_mean(key, allowed, n=2, sentence=False)
+            problems.append(f"unknown key {prefix}{key}{f' ({hint})' if hint else ''}; allowed: {', '.join(allowed)}")
     return out
 
 

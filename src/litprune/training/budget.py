@@ -36,24 +36,58 @@ class TokenBudget:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"Token budget: {name}={value!r} must be a positive integer.")
-        per_step = self.tokens_per_step
-        if self.max_tokens < per_step:
-            raise ValueError(
-                f"max_tokens={self.max_tokens:,} is smaller than one optimizer step, which consumes "
-                f"{per_step:,} tokens ({self.describe_step()}). Raise max_tokens to at least {per_step:,} "
-                "or shrink the batch (data.micro_batch_size, data.seq_len, trainer.accumulate_grad_batches)."
+        problem = self.budget_problem(
+            self.max_tokens, self.tokens_per_step, f"max_tokens={self.max_tokens:,}", "max_tokens", self.describe_step()
+        )
+        if problem:
+            raise ValueError(problem)
+
+    @staticmethod
+    def step_tokens(seq_len: int, micro_batch_size: int, accumulate_grad_batches: int = 1, world_size: int = 1) -> int:
+        """Tokens one optimizer step consumes: `seq_len x micro_batch_size x accumulate_grad_batches x world_size`.
+
+        The one home of that product: a run's budget (`tokens_per_step`) and the study's checks of every arm's
+        budget before any run starts both call it.
+        """
+        return seq_len * micro_batch_size * accumulate_grad_batches * world_size
+
+    @staticmethod
+    def budget_problem(
+        tokens: int, tokens_per_step: int, label: str, setting: str | None = None, step: str | None = None
+    ) -> str | None:
+        """Why `tokens` is not a usable budget (less than one step, or not a whole number of steps), or None.
+
+        Args:
+            tokens: the budget to check.
+            tokens_per_step: tokens of one optimizer step (`step_tokens`).
+            label: how the message names the budget and its value, e.g. "max_tokens=1,000".
+            setting: the key to change, named in the proposed values (e.g. "max_tokens" gives "use
+                max_tokens=768 or 1,024"); None proposes bare numbers.
+            step: the batch shape behind `tokens_per_step`, shown where the message suggests changing it.
+
+        Returns:
+            The problem as a sentence that proposes the nearest budgets that work, or None when `tokens` is fine.
+        """
+        shape = f" ({step})" if step else ""
+        if tokens < tokens_per_step:
+            return (
+                f"{label} is smaller than one optimizer step of {tokens_per_step:,} tokens; raise {setting or 'it'} "
+                f"to at least {tokens_per_step:,}, or shrink the batch{shape}."
             )
-        if self.max_tokens % per_step:
-            lower = self.max_tokens // per_step * per_step
-            raise ValueError(
-                f"max_tokens={self.max_tokens:,} is not a whole number of optimizer steps of {per_step:,} tokens "
-                f"({self.describe_step()}), so the run could not stop at exactly that many tokens. "
-                f"Use max_tokens={lower:,} or {lower + per_step:,}, or change the batch shape."
+        if tokens % tokens_per_step:
+            lower = tokens // tokens_per_step * tokens_per_step
+            key = f"{setting}=" if setting else ""
+            return (
+                f"{label} is not a whole number of optimizer steps of {tokens_per_step:,} tokens; use {key}{lower:,} "
+                f"or {lower + tokens_per_step:,} so the run stops at exactly that many tokens, or change the "
+                f"batch{shape}."
             )
+        return None
 
     @property
     def tokens_per_step(self) -> int:
-        return self.seq_len * self.micro_batch_size * self.accumulate_grad_batches * self.world_size
+        """Tokens of one optimizer step of this run (`step_tokens` of its batch shape)."""
+        return self.step_tokens(self.seq_len, self.micro_batch_size, self.accumulate_grad_batches, self.world_size)
 
     @property
     def steps(self) -> int:
@@ -71,9 +105,10 @@ class TokenBudget:
         return self.max_tokens // self.seq_len
 
     def describe_step(self) -> str:
+        """The batch shape of one step, named by the settings that change it."""
         return (
-            f"micro_batch_size {self.micro_batch_size} x accumulate_grad_batches {self.accumulate_grad_batches} "
-            f"x world_size {self.world_size} x seq_len {self.seq_len}"
+            f"data.micro_batch_size {self.micro_batch_size} x trainer.accumulate_grad_batches "
+            f"{self.accumulate_grad_batches} x world_size {self.world_size} x data.seq_len {self.seq_len}"
         )
 
 

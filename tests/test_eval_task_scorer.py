@@ -1,26 +1,30 @@
 """Minitron-depth with a downstream-task scorer (`task:<lm-eval task>[:<metric>]`), scored by lm-eval itself.
 
-Everything runs offline: the tasks are litprune's generated `litprune_next_line`, on a few standard-library files
-or on the embedded corpus's held-out split, with a handful of examples so each lm-eval pass takes a fraction of a
-second on a tiny Llama.
+The scorer is built on the eval floor (`litprune.eval.task_scorer`) and reaches the pure pruning functions as a
+callable; `StructuredPrune` resolves a `task:` name from YAML. Everything runs offline: the tasks are litprune's
+generated `litprune_next_line`, on a few standard-library files or on the embedded corpus's held-out split, with a
+handful of examples so each lm-eval pass takes a fraction of a second on a tiny Llama.
 """
 
 from __future__ import annotations
 
+import ast
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import TEST_VOCAB, make_tiny_llama
-from test_eval_support import byte_tokenizer, stdlib_documents
+from eval_support import byte_tokenizer, stdlib_documents
 from transformers import AutoModelForCausalLM
 
 from litprune.data.datamodule import TokenDataModule
 from litprune.eval.harness import evaluate_tasks
 from litprune.eval.offline_tasks import NEXT_LINE
+from litprune.eval.task_scorer import TASK_BATCH_SIZE, check_task_scorer, is_task_scorer, make_task_scorer
 from litprune.inits.structured import StructuredPrune
 from litprune.pruning.depth import remove_layers
-from litprune.pruning.scorers import check_scorer, make_task_scorer, resolve_scorer
+from litprune.pruning.scorers import check_scorer
 from litprune.pruning.structured import prune_structured
 
 LIMIT = 12
@@ -85,20 +89,15 @@ def test_task_scorer_runs_once_per_window_plus_baseline_and_returns_lm_evals_acc
 def test_named_task_scorer_with_metric_limit_and_no_calibration_windows(private_cache):
     tokenizer = byte_tokenizer()
     model = make_tiny_llama(seed=2, vocab_size=len(tokenizer))
+    score = make_task_scorer("task:litprune_next_line:acc_norm", tokenizer, limit=LIMIT)
 
-    _, record = prune_structured(
-        model,
-        "minitron_depth",
-        target={"num_hidden_layers": 3},
-        scorer="task:litprune_next_line:acc_norm",
-        tokenizer=tokenizer,
-        scorer_limit=LIMIT,
-    )
+    _, record = prune_structured(model, "minitron_depth", target={"num_hidden_layers": 3}, scorer=score)
 
     assert record["scorer"] == "task:litprune_next_line:acc_norm"
     assert record["calibration"] is None  # the task's examples were scored, not calibration windows
-    task = record["scorer_task"]
+    task = score.details
     assert (task["task"], task["metric"], task["num_fewshot"], task["limit"]) == (NEXT_LINE, "acc_norm", 0, LIMIT)
+    assert task["batch_size"] == TASK_BATCH_SIZE
     assert task["num_examples"] == LIMIT and task["lm_eval_version"]
     # Default documents: the embedded corpus's held-out split, as evaluate_tasks uses them.
     expected = evaluate_tasks(model, tokenizer, [f"{NEXT_LINE}:acc_norm"], limit=LIMIT)[0]
@@ -107,18 +106,21 @@ def test_named_task_scorer_with_metric_limit_and_no_calibration_windows(private_
 
 
 def test_bad_task_scorers_fail_before_any_work(tmp_path):
+    assert is_task_scorer("task:winogrande") and not is_task_scorer("perplexity") and not is_task_scorer(len)
     with pytest.raises(ValueError, match=r"'litprune_next_lin': did you mean 'litprune_next_line'"):
-        check_scorer("task:litprune_next_lin")
+        check_task_scorer("task:litprune_next_lin")
     with pytest.raises(ValueError, match=r"preset 'offline', which is several tasks"):
-        check_scorer("task:offline")
+        check_task_scorer("task:offline")
     with pytest.raises(ValueError, match=r"names no task"):
-        check_scorer("task:")
+        check_task_scorer("task:")
     with pytest.raises(ValueError, match=r"Unknown scorer 'accuracy'.*'task:<lm-eval task>\[:<metric>\]'"):
         check_scorer("accuracy")
-    with pytest.raises(ValueError, match=r"num_fewshot=-1 must be a non-negative integer"):
-        check_scorer("task:litprune_next_line", num_fewshot=-1)
+    with pytest.raises(ValueError, match=r"(?s)num_fewshot=-1 must be a non-negative integer.*limit=0 must be"):
+        check_task_scorer("task:litprune_next_line", num_fewshot=-1, limit=0)
     with pytest.raises(ValueError, match=r"needs the model's tokenizer"):
-        resolve_scorer("task:litprune_next_line", None)
+        make_task_scorer("task:litprune_next_line", None)
+    with pytest.raises(ValueError, match=r"batch_size=0 must be a positive integer"):
+        make_task_scorer("task:litprune_next_line", byte_tokenizer(), batch_size=0)
 
     missing = str(tmp_path / "not_trained_yet")
     with pytest.raises(ValueError, match=r"(?s)StructuredPrune: .*did you mean 'litprune_next_line'"):
@@ -130,11 +132,26 @@ def test_bad_task_scorers_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"scorer_limit=8 only applies to method .minitron_depth."):
         StructuredPrune(missing, "shortgpt", ratio=0.5, scorer_limit=8)
 
-    model, windows = make_tiny_llama(), torch.zeros(2, 8, dtype=torch.long)
-    with pytest.raises(ValueError, match=r"needs the parent's tokenizer="):
-        prune_structured(model, "minitron_depth", ratio=0.5, scorer="task:litprune_next_line")
-    with pytest.raises(ValueError, match=r"scorer_fewshot=0 and scorer_limit=4 apply only to task scorers"):
-        prune_structured(model, "minitron_depth", ratio=0.5, windows=windows, scorer_limit=4)
+    # The pure pruning function takes the scorer as a callable and names the fix for a task name.
+    fix = r"downstream-task scorer.*Pass make_task_scorer\('task:litprune_next_line'"
+    with pytest.raises(ValueError, match=fix) as err:
+        prune_structured(make_tiny_llama(), "minitron_depth", ratio=0.5, scorer="task:litprune_next_line")
+    assert "needs calibration windows" not in str(err.value)
+
+
+def test_pruning_imports_nothing_from_the_floors_above_it():
+    """`litprune.pruning` holds pure functions: no Lightning and no litprune package above it, even lazily."""
+    above = ("litprune.inits", "litprune.training", "litprune.modules", "litprune.callbacks", "litprune.eval")
+    above += ("litprune.study", "litprune.cli")
+    package = Path(__file__).resolve().parents[1] / "src" / "litprune" / "pruning"
+    files, found = sorted(package.glob("*.py")), []
+    assert files, f"no modules under {package}"
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "lightning" or n.startswith(above)]
+    assert not found, found
 
 
 def test_structured_prune_build_with_a_task_scorer(embedded_cache, tmp_path):
