@@ -14,16 +14,14 @@ from typing import Any, Literal
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
-from litprune.inits.base import InitResult, InitStrategy
-from litprune.inits.parent import check_run_data, local_config_path, parent_record, read_parent_config
+from litprune.inits.base import InitResult
+from litprune.inits.parent import check_run_data, parent_record, read_parent_config
 from litprune.inits.random import RandomInit
-from litprune.inits.structured import check_target_arguments
+from litprune.inits.structured import TargetShapeInit, check_target_arguments
 from litprune.models.params import count_parameters
-from litprune.pruning.shapes import ShapePlan, solve_shape
-from litprune.pruning.structured import STRUCTURED_METHODS
 
 
-class ScratchTarget(InitStrategy):
+class ScratchTarget(TargetShapeInit):
     """The scratch baseline (`S_N`) of a structured pruned arm: the pruned architecture from random init.
 
     Only the parent's `config.json` is read (never its weights); the target shape is solved exactly as
@@ -62,30 +60,9 @@ class ScratchTarget(InitStrategy):
             problems.append(str(err))
         if problems:
             raise ValueError("ScratchTarget: " + " ".join(problems))
-        self.parent = str(parent)
-        self.method = method
-        self.ratio = None if ratio is None else float(ratio)
-        self.target = dict(target) if target else None
-        self.convention = convention
         self.seed = int(seed)
         self.scheme = scheme
-        if local_config_path(self.parent) is not None:
-            self.plan()
-
-    @property
-    def needs_architecture(self) -> bool:
-        return False
-
-    @property
-    def kind(self) -> str:
-        """The kind of target shape: "depth" or "width"."""
-        return STRUCTURED_METHODS.get(self.method, self.method)
-
-    def plan(self) -> ShapePlan:
-        """Solve the target shape from the parent's config (see `StructuredPrune.plan`)."""
-        return solve_shape(
-            read_parent_config(self.parent), self.kind, ratio=self.ratio, target=self.target, convention=self.convention
-        )
+        self.adopt_target(parent, method, ratio, target, convention)
 
     def target_config(self) -> PretrainedConfig:
         """The parent's config carrying the solved target shape (explicit `head_dim`)."""

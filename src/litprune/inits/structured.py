@@ -61,7 +61,58 @@ TARGET_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
-class StructuredPrune(InitStrategy):
+class TargetShapeInit(InitStrategy):
+    """An init whose architecture is a target shape solved from the parent's config: the common part of
+    `StructuredPrune` (the pruned arm) and `ScratchTarget` (its scratch twin), so both solve the same shape.
+
+    Subclasses validate their arguments, then call `adopt_target`; they may add checks of the parent's config in
+    `check_parent_config`.
+    """
+
+    parent: str
+    method: str
+    ratio: float | None
+    target: dict[str, int] | None
+    convention: str
+
+    def adopt_target(
+        self, parent: str, method: str, ratio: float | None, target: dict[str, int] | None, convention: str
+    ) -> None:
+        """Store the (already validated) target arguments and, when the parent is on disk, solve the shape now."""
+        self.parent = str(parent)
+        self.method = method
+        self.ratio = None if ratio is None else float(ratio)
+        self.target = dict(target) if target else None
+        self.convention = convention
+        if local_config_path(self.parent) is not None:
+            self.plan()
+
+    @property
+    def needs_architecture(self) -> bool:
+        return False
+
+    @property
+    def kind(self) -> str:
+        """The kind of target shape: "depth" or "width"."""
+        return STRUCTURED_METHODS.get(self.method, self.method)
+
+    def check_parent_config(self, config: PretrainedConfig) -> None:
+        """Further checks of the parent's config before the shape is solved (none by default)."""
+
+    def plan(self) -> ShapePlan:
+        """Solve the target shape from the parent's config alone (no weights are read).
+
+        Raises:
+            FileNotFoundError: no checkpoint at `parent`.
+            ValueError: the parent is not a Llama-layout model, the target cannot be reached, or a check of
+                `check_parent_config` fails.
+        """
+        config = read_parent_config(self.parent)
+        self.check_parent_config(config)
+        return solve_shape(config, self.kind, ratio=self.ratio, target=self.target, convention=self.convention)
+
+
+class StructuredPrune(TargetShapeInit):
     """Prune a dense parent by depth or width and start the run from the result (a `P_M-R_N` arm).
 
     `build` loads the parent, draws calibration windows from the run's own data (`calibration.slice`), prunes
@@ -135,39 +186,16 @@ class StructuredPrune(InitStrategy):
         calibration = Calibration.coerce(calibration, problems)
         if problems:
             raise ValueError("StructuredPrune: " + " ".join(problems))
-        self.parent = str(parent)
-        self.method = method
-        self.ratio = None if ratio is None else float(ratio)
-        self.target = dict(target) if target else None
-        self.convention = convention
         self.calibration = calibration
         self.scorer = scorer
         self.batch_size = batch_size
         self.scorer_fewshot = scorer_fewshot
         self.scorer_limit = scorer_limit
-        if local_config_path(self.parent) is not None:
-            self.plan()
+        self.adopt_target(parent, method, ratio, target, convention)
 
-    @property
-    def needs_architecture(self) -> bool:
-        return False
-
-    @property
-    def kind(self) -> str:
-        """The kind of shape the method produces: "depth" or "width"."""
-        return STRUCTURED_METHODS[self.method]
-
-    def plan(self) -> ShapePlan:
-        """Solve the target shape from the parent's config alone (no weights are read).
-
-        Raises:
-            FileNotFoundError: no checkpoint at `parent`.
-            ValueError: the parent is not a Llama-layout model, the target cannot be reached, or a calibration
-                window is longer than the parent's positions.
-        """
-        config = read_parent_config(self.parent)
+    def check_parent_config(self, config: PretrainedConfig) -> None:
+        """A calibration window must fit the parent's positions."""
         self.calibration.check_positions(config)
-        return solve_shape(config, self.kind, ratio=self.ratio, target=self.target, convention=self.convention)
 
     def build(self, config: PretrainedConfig | None = None, data: Any = None) -> InitResult:
         """Load the parent, calibrate on the run's data, prune; `config` is ignored (the parent defines it)."""
