@@ -93,9 +93,9 @@ def main() -> None:
             kwargs = {} if batch_size is None else {"batch_size": batch_size}
             lm = HFLM(pretrained=str(saved), tokenizer=str(saved), device="cpu", **kwargs)
             out = evaluator.simple_evaluate(
-                model=lm, tasks=[NEXT_LINE], limit=examples, task_manager=manager, log_samples=False
+                model=lm, tasks=[task.name], limit=examples, task_manager=manager, log_samples=False
             )
-            return out["results"][NEXT_LINE]["acc,none"]
+            return out["results"][task.name]["acc,none"]
 
         runs = {"adapter": run_adapter, "hflm": lambda: run_hflm(args.batch_size)}
         rates: dict[str, list[float]] = {name: [] for name in [*runs, "hflm_bs1"]}

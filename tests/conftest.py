@@ -67,6 +67,15 @@ def embedded_cache(tmp_path_factory) -> Path:
         os.environ["LITPRUNE_CACHE"] = previous
 
 
+@pytest.fixture(autouse=True)
+def _session_cache_env(embedded_cache, monkeypatch):
+    """Every test starts with LITPRUNE_CACHE at the session cache, whatever an earlier test left in the environment.
+
+    (A test may point it elsewhere with its own `monkeypatch.setenv`; that is undone when the test ends.)
+    """
+    monkeypatch.setenv("LITPRUNE_CACHE", str(embedded_cache))
+
+
 def tiny_run_args(run_dir: Path, max_tokens: int = 8192, **extra: str) -> list[str]:
     """Command-line arguments for a seconds-long `litprune fit` of the tiny preset on the embedded corpus."""
     args = [

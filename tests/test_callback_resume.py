@@ -24,9 +24,9 @@ from sparse_mask_models import (
 )
 
 from litprune.callbacks.sparse_mask import SparseMask
-from litprune.callbacks.sparse_mask_state import STATE_VERSION, upgrade_state
 from litprune.models.mask_packing import unpack_mask
 from litprune.pruning.schedules import cubic_ratio
+from litprune.training.mask_state import STATE_VERSION, upgrade_state
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

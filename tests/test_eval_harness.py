@@ -64,9 +64,10 @@ def test_same_accuracy_as_lm_evals_own_hflm_loading_the_saved_model(tmp_path, do
     task = prepare_offline_task(NEXT_LINE, documents)
     theirs_lm = HFLM(pretrained=str(tmp_path / "model"), tokenizer=str(tmp_path / "model"), batch_size=4, device="cpu")
     manager = TaskManager(include_path=str(task.directory), include_defaults=False)
-    theirs = evaluator.simple_evaluate(model=theirs_lm, tasks=[NEXT_LINE], limit=8, task_manager=manager)
-    assert ours.metrics["acc"] == theirs["results"][NEXT_LINE]["acc,none"]
-    assert ours.metrics["acc_norm"] == theirs["results"][NEXT_LINE]["acc_norm,none"]
+    theirs = evaluator.simple_evaluate(model=theirs_lm, tasks=[task.name], limit=8, task_manager=manager)
+    assert ours.lm_eval_task == task.name
+    assert ours.metrics["acc"] == theirs["results"][task.name]["acc,none"]
+    assert ours.metrics["acc_norm"] == theirs["results"][task.name]["acc_norm,none"]
 
 
 def test_adapter_is_batched_and_checks_the_vocabulary():

@@ -126,8 +126,8 @@ def test_lm_eval_cli_on_the_exported_directory_gives_identical_accuracy(workspac
         lm_eval_cli,
         "--model", "hf",
         "--model_args", f"pretrained={model_dir},tokenizer={model_dir}",
-        "--tasks", NEXT_LINE,
-        "--include_path", str(task.directory),
+        "--tasks", task.name,
+        "--include_path", str(task.include_path),
         "--device", "cpu",
         "--batch_size", "8",
         "--limit", str(LIMIT),
@@ -136,7 +136,7 @@ def test_lm_eval_cli_on_the_exported_directory_gives_identical_accuracy(workspac
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     subprocess.run(command, check=True, env=env, capture_output=True, timeout=600)
     (results_file,) = out_dir.rglob("results_*.json")
-    cli = json.loads(results_file.read_text(encoding="utf-8"))["results"][NEXT_LINE]
+    cli = json.loads(results_file.read_text(encoding="utf-8"))["results"][task.name]
     metrics = ours["tasks"][0]["metrics"]
     assert cli["acc,none"] == metrics["acc"] and cli["acc_norm,none"] == metrics["acc_norm"]
 

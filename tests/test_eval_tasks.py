@@ -134,8 +134,8 @@ def test_generated_yaml_is_an_lm_eval_task_over_the_generated_data():
 
     task = prepare_offline_task(NEXT_SPAN, stdlib_documents(), max_examples=25)
     assert str(task.data_path) in task.yaml_path.read_text(encoding="utf-8")
-    loaded = TaskManager(include_path=str(task.directory), include_defaults=False).load([NEXT_SPAN])["tasks"]
-    docs = list(loaded[NEXT_SPAN].test_docs())
+    loaded = TaskManager(include_path=str(task.include_path), include_defaults=False).load([task.name])["tasks"]
+    docs = list(loaded[task.name].test_docs())
     assert len(docs) == task.num_examples == 25
     first = json.loads(task.data_path.read_text(encoding="utf-8").splitlines()[0])
     assert docs[0]["context"] == first["context"] and docs[0]["label"] == first["label"]
@@ -143,7 +143,7 @@ def test_generated_yaml_is_an_lm_eval_task_over_the_generated_data():
 
 def test_default_cache_location_follows_litprune_cache(tmp_path):
     task = prepare_offline_task(NEXT_LINE, stdlib_documents(), max_examples=5)
-    assert task.yaml_path.is_relative_to(tmp_path / "cache" / "eval_tasks" / NEXT_LINE)
+    assert task.yaml_path.is_relative_to(tmp_path / "cache" / "eval_tasks" / f"corpus-{task.corpus_fingerprint[:16]}")
 
 
 def test_too_few_documents_is_an_error():

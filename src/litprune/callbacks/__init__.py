@@ -1,7 +1,7 @@
 """Lightning callbacks, hooks only (the arithmetic they run lives in the floors below).
 
 Map: `sparse_mask` (`SparseMask`: keep-masks through every optimizer step, pruning schedules, exact resume; its
-checkpoint state and older versions of it in `sparse_mask_state`, its DDP checks in `distributed`), `export`
+checkpoint state and its older versions in `litprune.training.mask_state`, its DDP checks in `distributed`), `export`
 (`HFExport`: `save_pretrained` export with the run record, sparse when the run has masks), `progress`
 (`TokenProgressBar`: tokens seen against the budget).
 """

@@ -4,6 +4,7 @@
 (the run record: arm, init provenance, exact tokens seen, parameter counts, data provenance). Any HF tool loads
 it with `from_pretrained`; litprune uses it as a parent (`FromPretrained(path=...)`) and for evaluation.
 The directory is written beside the final location and renamed into place, so it is complete or absent.
+The exported `config.json` says `use_cache: true` (generation uses the KV cache), although training runs without it.
 
 A sparse run (one whose masks a `SparseMask` callback keeps, e.g. a `SparsePrune` init) is exported in the layout
 of `litprune.models.sparse_checkpoint`: the pruned weights are zeros in place (plain `from_pretrained` still loads
@@ -15,6 +16,8 @@ back, so a further run keeps them too.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,7 @@ class HFExport(Callback):
     `--config callbacks/sparse_mask_from_init.yaml`, or set `sparse: false` to train and export densely.
 
     Args:
-        dirname: sub-directory of the run directory (the Trainer's log_dir) to write.
+        dirname: sub-directory of the run directory (the Trainer's default_root_dir) to write.
         sparse: write the sparse layout when the run has masks (default). False exports a dense checkpoint and
             allows a sparse init to be trained densely.
     """
@@ -64,7 +67,7 @@ class HFExport(Callback):
         )
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks
+        run_dir = Path(trainer.default_root_dir)  # the run directory, whichever loggers are attached
         state_dict = full_state_dict(trainer)  # a collective under sharded strategies (FSDP)
         if not trainer.is_global_zero:
             return
@@ -130,7 +133,7 @@ def export_model(
         ValueError: a masked-out weight is not 0, or a mask names a parameter the model lacks.
     """
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir, replace=True) as tmp:
+    with atomic_dir(out_dir, replace=True) as tmp, _inference_config(model):
         if masks:
             from litprune.models.sparse_checkpoint import save_sparse
 
@@ -142,6 +145,20 @@ def export_model(
                 tokenizer.save_pretrained(tmp)
         (tmp / "litprune.json").write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
     return out_dir
+
+
+@contextmanager
+def _inference_config(model: Any) -> Iterator[None]:
+    """Save `model` with `use_cache: true` (training turns the KV cache off in memory); restore the flag after."""
+    config = getattr(model, "config", None)
+    previous = getattr(config, "use_cache", None)
+    if config is not None:
+        config.use_cache = True
+    try:
+        yield
+    finally:
+        if config is not None:
+            config.use_cache = previous
 
 
 def _mask_callbacks(trainer: Any) -> list[Any]:

@@ -14,7 +14,7 @@ Design choices (each one answers a failure users report with existing tools, doc
 - The masks live in the callback's `state_dict` as bit-packed uint8 tensors (1/8 byte per weight,
   `litprune.models.mask_packing`), with the schedule position, Wanda statistics and a fingerprint of the settings;
   a resume compares the fingerprint and verifies the restored masks against the restored weights. No `deepcopy` of
-  layers, no `weight_orig`. The state format and its versions live in `litprune.callbacks.sparse_mask_state`,
+  layers, no `weight_orig`. The state format and its versions live in `litprune.training.mask_state`,
   which also reads the states older versions wrote.
 - Schedules count optimizer steps, not epochs; their settings and arithmetic are a plain frozen dataclass,
   `litprune.pruning.schedules.PruningSchedule`, so this class only decides *when* to ask it.
@@ -40,7 +40,13 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from litprune.callbacks.distributed import check_mask_strategy, masks_differing_across_ranks, sum_across_ranks
-from litprune.callbacks.sparse_mask_state import (
+from litprune.inits.masks import MASKS_ATTRIBUTE, module_masks
+from litprune.pruning.activation_norms import ActivationNorms
+from litprune.pruning.patterns import nm_mask, unstructured_mask
+from litprune.pruning.schedules import PruningSchedule, ScheduleKind
+from litprune.pruning.targets import DEFAULT_TARGETS, compile_targets
+from litprune.training.log_step import optimizer_stepped, training_log_step
+from litprune.training.mask_state import (
     STATE_VERSION,
     describe_differences,
     pack_masks,
@@ -49,11 +55,6 @@ from litprune.callbacks.sparse_mask_state import (
     upgrade_settings,
     upgrade_state,
 )
-from litprune.inits.masks import MASKS_ATTRIBUTE, module_masks
-from litprune.pruning.activation_norms import ActivationNorms
-from litprune.pruning.patterns import nm_mask, unstructured_mask
-from litprune.pruning.schedules import PruningSchedule, ScheduleKind
-from litprune.pruning.targets import DEFAULT_TARGETS, compile_targets
 
 MaskSource = Literal["module", "zeros", "dense"]
 ScoreName = Literal["magnitude", "wanda"]
@@ -125,7 +126,8 @@ class SparseMask(Callback):
       right before the update) gradients are masked (explicit) or zeroed where `weight == 0` (paper).
     - optimizer step post-hook: re-apply masks to weights (explicit only).
     - `on_train_batch_end`: log `sparsity/global`, `sparsity/target` and `sparsity/<param name>` to the
-      trainer's loggers every `log_every_n_steps` optimizer steps.
+      trainer's loggers every `log_every_n_steps` optimizer steps, under the step Lightning gives that optimizer
+      step's own metrics (`train/loss` of step k is logged at k - 1, and so is its sparsity).
     - `on_validation_start`, `on_save_checkpoint`: re-apply masks (explicit only). Lightning skips
       `on_save_checkpoint` for weights-only checkpoints; those rely on the step post-hook, which has already
       re-zeroed the weights before any checkpoint callback runs.
@@ -499,12 +501,16 @@ class SparseMask(Callback):
             if self._norms is not None:
                 self._norms.active = False
             every = self.log_every_n_steps or trainer.log_every_n_steps
-            step = trainer.global_step
-            if step != self._last_logged_step and step % every == 0 and trainer.loggers:
+            step = trainer.global_step  # optimizer steps done, this batch's included
+            if not trainer.loggers or not optimizer_stepped(trainer):
+                return
+            if step != self._last_logged_step and step % every == 0:
                 self._last_logged_step = step
                 metrics = self.sparsity_report()
+                # Lightning's label for this step's own metrics (train/loss ...), so both land on one logged step.
+                log_step = training_log_step(trainer)
                 for logger in trainer.loggers:
-                    logger.log_metrics(metrics, step=step)
+                    logger.log_metrics(metrics, step=log_step)
 
     @override
     def on_before_optimizer_step(

@@ -13,21 +13,31 @@ from __future__ import annotations
 import os
 import sys
 
+from litprune.cli.nested_overrides import install as _install_nested_overrides
+from litprune.utils.extras import MissingExtraError
+from litprune.utils.hub import HubAccessError
+
+_install_nested_overrides()
+
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of `litprune` and `python -m litprune`.
 
-    User errors (bad values in a config, missing files) are printed as one clear message without a traceback;
-    set LITPRUNE_DEBUG=1 to see the traceback.
+    User errors (bad values in a config, missing files, an unreachable hub, an extra not installed) are printed as
+    one clear message without a traceback, and that message is the last thing printed
+    (`litprune.cli.errors.user_message` digs it out from under jsonargparse's wrapping); set LITPRUNE_DEBUG=1 to see
+    the traceback.
     """
     argv = list(sys.argv[1:] if args is None else args)
     try:
         _dispatch(argv, args is None)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, HubAccessError, MissingExtraError) as error:
         if os.environ.get("LITPRUNE_DEBUG"):
             raise
-        print(f"litprune: error: {error}", file=sys.stderr)
+        from litprune.cli.errors import user_message
+
         print("(set LITPRUNE_DEBUG=1 to see the traceback)", file=sys.stderr)
+        print(f"litprune: error: {user_message(error)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -42,11 +52,9 @@ def _dispatch(argv: list[str], from_command_line: bool) -> None:
         study_main(argv[1:])
         return
     if argv and argv[0] == "eval":
-        from jsonargparse import CLI
+        from litprune.eval.run import eval_main
 
-        from litprune.eval.run import run_eval
-
-        CLI(run_eval, args=argv[1:], prog="litprune eval")
+        eval_main(argv[1:])
         return
     from litprune.cli.lightning_cli import LitpruneCLI
 

@@ -5,11 +5,14 @@ files and command-line flags override earlier ones. Model and data are chosen by
 LightningModule or LightningDataModule can be plugged in.
 
 What litprune adds to plain LightningCLI:
-- a run directory (`trainer.default_root_dir`) with `config.yaml`, `checkpoints/` (atomic writes, `last.ckpt`),
-  an append-only `metrics.jsonl`, and at the end `export/` (Hugging Face format) and `results.json`;
+- a run directory (`trainer.default_root_dir`) with `config.yaml`, `checkpoints/` (atomic writes, `last.ckpt` and
+  the `previous.ckpt` it replaced), an append-only `metrics.jsonl`, and at the end `export/` (Hugging Face format)
+  and `results.json`, laid out the same whichever loggers (`trainer.logger`: TensorBoard, CSV, W&B) are added;
 - runs sized by a token budget (`model.init_args.max_tokens`), converted to steps before anything is built;
 - checks before any work: budget smaller than a step or not a whole number of steps, sequence length above
-  the model's positions, reusing a run directory without resuming, resuming with different model/data settings;
+  the model's positions, reusing a run directory without resuming, resuming with different model/data settings
+  or another number of tokens per step (unless `model.init_args.replan_on_resume`), a corrupt checkpoint;
+- temporary files of killed runs (owner process gone) swept from the run directory at start;
 - a final validation pass after fit, so every run ends with a measured validation loss.
 """
 
@@ -23,6 +26,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from litprune.callbacks.export import HFExport
 from litprune.callbacks.progress import TokenProgressBar
+from litprune.cli.errors import LitpruneArgumentParser
 from litprune.cli.run_config import (
     RunConfig,
     config_differences,
@@ -33,10 +37,10 @@ from litprune.cli.run_config import (
 from litprune.data.datamodule import TokenDataModule
 from litprune.models.positions import check_seq_len
 from litprune.modules.causal_lm import CausalLM, check_vocab
-from litprune.training.budget import TokenBudget
+from litprune.training.budget import TokenBudget, resume_budget
 from litprune.training.checkpoint_io import AtomicCheckpointIO
 from litprune.training.metrics_logger import MetricsLogger
-from litprune.utils.atomic import atomic_write_json
+from litprune.utils.atomic import atomic_write_json, sweep_stale_temporaries
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "default_root_dir": "runs/default",
@@ -58,6 +62,7 @@ class LitpruneCLI(LightningCLI):
             datamodule_class=TokenDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
+            parser_class=LitpruneArgumentParser,  # errors end with litprune's own message
             save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True},
             trainer_defaults=TRAINER_DEFAULTS,
@@ -75,6 +80,8 @@ class LitpruneCLI(LightningCLI):
                 "checkpoint.every_n_train_steps": 100,
                 "checkpoint.save_last": True,
                 "checkpoint.save_top_k": 0,
+                # One well-defined last.ckpt: resuming a copied run directory overwrites it, never last-v1.ckpt.
+                "checkpoint.enable_version_counter": False,
             }
         )
         parser.add_lightning_class_args(HFExport, "export")
@@ -85,8 +92,12 @@ class LitpruneCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         config = self._get(self.config_init, "trainer", default={})
         run_dir = str(config.get("default_root_dir") or "runs/default")
-        if config.get("logger") in (None, True):
-            kwargs["logger"] = MetricsLogger(save_dir=run_dir)
+        # metrics.jsonl is always written; other loggers (`trainer.logger`) come beside it. The run layout must not
+        # follow the first logger's version directory, so checkpoints go to <run dir>/checkpoints explicitly.
+        kwargs["logger"] = [MetricsLogger(save_dir=run_dir), *_user_loggers(config.get("logger"))]
+        checkpoint = self._get(self.config_init, "checkpoint", default=None)
+        if isinstance(checkpoint, ModelCheckpoint) and checkpoint.dirpath is None:
+            checkpoint.dirpath = str((Path(run_dir) / "checkpoints").expanduser().resolve())
         if not config.get("plugins") and not _is_sharded(config.get("strategy")):
             kwargs["plugins"] = [AtomicCheckpointIO()]
         callbacks = list(config.get("callbacks") or [])
@@ -100,20 +111,33 @@ class LitpruneCLI(LightningCLI):
     # --------------------------------------------------------------------------------------------- checks
     def before_fit(self) -> None:
         trainer, model, datamodule = self.trainer, self.model, self.datamodule
+        if trainer.is_global_zero:
+            sweep_stale_temporaries(Path(trainer.default_root_dir))
+            if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
+                sweep_stale_temporaries(Path(trainer.checkpoint_callback.dirpath))
+        saved = self._check_run_dir()
         if isinstance(model, CausalLM) and datamodule is not None:
-            budget = TokenBudget(
-                max_tokens=model.max_tokens,
-                seq_len=int(datamodule.seq_len),
-                micro_batch_size=int(datamodule.micro_batch_size),
-                accumulate_grad_batches=trainer.accumulate_grad_batches,
-                world_size=trainer.world_size,
-            )
+            shape = {
+                "max_tokens": model.max_tokens,
+                "seq_len": int(datamodule.seq_len),
+                "micro_batch_size": int(datamodule.micro_batch_size),
+                "accumulate_grad_batches": trainer.accumulate_grad_batches,
+                "world_size": trainer.world_size,
+            }
+            if saved is None:
+                budget = TokenBudget(**shape)
+            else:
+                replan, source = model.replan_on_resume, model.resume_checkpoint
+                budget = resume_budget(**shape, saved=saved, replan=replan, source=source)
             trainer.fit_loop.epoch_loop.max_steps = budget.steps
             _check_positions(model, int(datamodule.seq_len))
             _check_explicit_vocab(model, datamodule)
-        self._check_run_dir()
 
-    def _check_run_dir(self) -> None:
+    def _check_run_dir(self) -> dict[str, Any] | None:
+        """Resolve `--ckpt_path` and check it against the run; return the checkpoint's litprune record (None: new run).
+
+        The resolved file is handed to the Trainer as is, so the checkpoint checked here is the one restored.
+        """
         trainer = self.trainer
         checkpoint_dir = Path(trainer.checkpoint_callback.dirpath or Path(trainer.default_root_dir) / "checkpoints")
         ckpt_arg = self.config_init[self.subcommand].get("ckpt_path")
@@ -126,12 +150,16 @@ class LitpruneCLI(LightningCLI):
                     f"({existing[-1].name}). Resume it with --ckpt_path last, or set --trainer.default_root_dir "
                     "to a new directory."
                 )
-            return
+            if ckpt_arg == "last":
+                self.config_init[self.subcommand]["ckpt_path"] = None  # nothing to resume yet: a new run
+            return None
+        self.config_init[self.subcommand]["ckpt_path"] = str(resume_from)
         if isinstance(self.model, CausalLM):
             self.model.resume_checkpoint = str(resume_from)
-        saved = load_checkpoint_meta(resume_from).get("config")
+        record = load_checkpoint_meta(resume_from)
+        saved = record.get("config")
         if saved is None:
-            return
+            return record
         current = trained_settings(self._parser(self.subcommand).dump(self.config[self.subcommand]))
         differences = config_differences(saved, current)
         if differences:
@@ -141,6 +169,14 @@ class LitpruneCLI(LightningCLI):
                 f"  {listing}\nResume with the original settings (the run's config.yaml), or start a new run in "
                 "another --trainer.default_root_dir."
             )
+        return record
+
+    # ------------------------------------------------------------------------------------ validate and test
+    def before_validate(self) -> None:
+        _model_from_checkpoint(self.model, self.trainer, self.config_init[self.subcommand].get("ckpt_path"))
+
+    def before_test(self) -> None:
+        _model_from_checkpoint(self.model, self.trainer, self.config_init[self.subcommand].get("ckpt_path"))
 
     # ------------------------------------------------------------------------------------------ after fit
     def after_fit(self) -> None:
@@ -149,7 +185,7 @@ class LitpruneCLI(LightningCLI):
         if datamodule is not None and getattr(datamodule, "val_slice", None) and not trainer.interrupted:
             results = trainer.validate(model, datamodule=datamodule, verbose=False)
             metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks
+        run_dir = Path(trainer.default_root_dir)
         if trainer.is_global_zero and not trainer.interrupted:
             record = {
                 "run": model.run_record() if hasattr(model, "run_record") else {},
@@ -158,6 +194,17 @@ class LitpruneCLI(LightningCLI):
                 "export": str(run_dir / self._get(self.config_init, "export").dirname),
             }
             atomic_write_json(run_dir / "results.json", record, default=str)
+
+
+def _model_from_checkpoint(model: Any, trainer: Any, ckpt_path: str | None) -> None:
+    """`validate|test --ckpt_path`: build the model from the checkpoint's architecture (and masks) alone, as a resumed
+    fit does, so a pruned run's parent is neither read nor pruned again."""
+    if not isinstance(model, CausalLM) or not ckpt_path:
+        return
+    dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
+    path = resolve_resume_checkpoint(ckpt_path, Path(dirpath or Path(trainer.default_root_dir) / "checkpoints"))
+    if path is not None:
+        model.resume_checkpoint = str(path)
 
 
 def _check_positions(model: CausalLM, seq_len: int) -> None:
@@ -176,6 +223,14 @@ def _check_explicit_vocab(model: CausalLM, datamodule: Any) -> None:
     if vocab is None or not model.init_strategy.needs_architecture or not hasattr(datamodule, "load_tokenizer"):
         return
     check_vocab(int(vocab), len(datamodule.load_tokenizer()))
+
+
+def _user_loggers(logger: Any) -> list[Any]:
+    """The loggers of `trainer.logger` (None, True or False: none) that come beside litprune's metrics.jsonl."""
+    if logger is None or isinstance(logger, bool):
+        return []
+    loggers = list(logger) if isinstance(logger, (list, tuple)) else [logger]
+    return [item for item in loggers if not isinstance(item, MetricsLogger)]
 
 
 def _is_sharded(strategy: Any) -> bool:

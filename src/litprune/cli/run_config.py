@@ -1,8 +1,10 @@
 """The run's resolved config: written next to its checkpoints, stored inside them, compared on resume.
 
 A run directory (`trainer.default_root_dir`) holds `config.yaml` (the fully resolved config), `checkpoints/`,
-`metrics.jsonl` and, when fit ends, `export/`. Resuming (`--ckpt_path last`) is allowed only with the model and
-data settings the checkpoint was trained with: any difference is reported key by key before work starts.
+`metrics.jsonl` and, when fit ends, `export/`, whichever loggers are attached. `config.yaml` is written once every
+check of the run passed (at fit start), so a refused config leaves no run directory behind. Resuming
+(`--ckpt_path last`) is allowed only with the model and data settings the checkpoint was trained with: any
+difference is reported key by key before work starts.
 """
 
 from __future__ import annotations
@@ -10,30 +12,46 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from lightning.pytorch.cli import SaveConfigCallback
 
+from litprune.training.checkpoint_io import LAST, read_checkpoint_record
 from litprune.utils.atomic import atomic_write_text
 
-# Settings that may change on resume without changing what is trained.
+# Settings that may change on resume without changing what is trained (a changed batch shape is checked apart,
+# by tokens per step; `replan_on_resume` is the explicit permission to change it).
 RESUME_TOLERATED = (
     "data.init_args.num_workers",
     "data.init_args.cache_dir",
+    "model.init_args.replan_on_resume",
 )
 
 
 class RunConfig(SaveConfigCallback):
-    """Write `config.yaml` atomically into the run directory and embed model/data config in every checkpoint."""
+    """Write `config.yaml` atomically into the run directory and embed model/data config in every checkpoint.
+
+    The run directory is `trainer.default_root_dir`, whichever loggers are attached. For `fit` the file is written
+    at fit start, after every setup check (data, model, callbacks) passed and before the first step. `validate` and
+    `test` write `validate_config.yaml` / `test_config.yaml` instead, so measuring a run's checkpoint in its own
+    directory never replaces the config the run was trained with.
+    """
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage != "fit":
+            name = getattr(stage, "value", stage)  # Lightning passes a TrainerFn (a str enum)
+            self._save(trainer, f"{name}_{self.config_filename}")
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self._save(trainer, self.config_filename)
+
+    def _save(self, trainer: Any, filename: str) -> None:
         if self.already_saved:
             return
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks
+        run_dir = Path(trainer.default_root_dir)
         if trainer.is_global_zero:
-            log_dir.mkdir(parents=True, exist_ok=True)
+            run_dir.mkdir(parents=True, exist_ok=True)
             text = self.parser.dump(self.config, skip_none=False)
-            atomic_write_text(log_dir / self.config_filename, text)
+            atomic_write_text(run_dir / filename, text)
         self.already_saved = trainer.strategy.broadcast(True)
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
@@ -62,14 +80,27 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
 def resolve_resume_checkpoint(ckpt_path: str | None, checkpoint_dir: Path) -> Path | None:
     """Map `--ckpt_path` to a file: 'last' means `<checkpoint_dir>/last.ckpt` (None when there is none yet).
 
+    `last.ckpt` is the one file a resume reads and the run overwrites (never `last-v1.ckpt`); other checkpoints in
+    the directory are never picked silently.
+
     Raises:
         FileNotFoundError: an explicit path that does not exist.
+        ValueError: 'last' where the directory holds checkpoints but no `last.ckpt` (they are named).
     """
     if not ckpt_path:
         return None
     if ckpt_path == "last":
-        last = checkpoint_dir / "last.ckpt"
-        return last if last.is_file() else None
+        last = checkpoint_dir / LAST
+        if last.is_file():
+            return last
+        others = sorted(p.name for p in checkpoint_dir.glob("*.ckpt")) if checkpoint_dir.is_dir() else []
+        if others:
+            raise ValueError(
+                f"--ckpt_path last: {str(checkpoint_dir)!r} holds no {LAST} but holds {', '.join(others)}. Resume "
+                f"from one of them with --ckpt_path {checkpoint_dir / others[-1]}, or start a new run in another "
+                "--trainer.default_root_dir."
+            )
+        return None
     if ckpt_path in ("best", "hpc", "registry"):
         return None
     path = Path(ckpt_path).expanduser()
@@ -79,9 +110,12 @@ def resolve_resume_checkpoint(ckpt_path: str | None, checkpoint_dir: Path) -> Pa
 
 
 def load_checkpoint_meta(path: Path) -> dict[str, Any]:
-    """The `litprune` record of a checkpoint, read without materialising its tensors (mmap, weights_only)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return dict(checkpoint.get("litprune", {}))
+    """The `litprune` record of a checkpoint plus its `global_step` (`training.checkpoint_io.read_checkpoint_record`).
+
+    Raises:
+        ValueError: the file is corrupt or truncated (named, with the previous checkpoint to use).
+    """
+    return read_checkpoint_record(path)
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -118,7 +118,10 @@ class TokenDataModule(LightningDataModule):
             else:
                 from transformers import AutoTokenizer
 
-                self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_name)
+                from litprune.utils.hub import hub_errors
+
+                with hub_errors(self.tokenizer_name, "tokenizer"):
+                    self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_name)
         return self.tokenizer
 
     @property

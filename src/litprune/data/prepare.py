@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +45,8 @@ import pyarrow.compute as pc
 from litprune.data.cache import cache_root
 from litprune.data.corpus import EMBEDDED_SPLITS, corpus_fingerprint, embedded_documents
 from litprune.data.tokenizer import tokenizer_identity
-from litprune.utils.atomic import atomic_dir
+from litprune.utils.atomic import atomic_dir, scratch_dir, sweep_stale_temporaries
+from litprune.utils.hub import hub_errors
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,8 @@ def _load_split(source: TextSource, split: str, files: dict[str, list[Path]], wo
         return [(datasets.Dataset.from_dict({"text": texts}), "text", f"embedded corpus split {split!r}")]
     if source.kind == "hub":
         expression = source.hub_splits[split]
-        dataset = datasets.load_dataset(source.hub_path, source.hub_name, split=expression, num_proc=nproc)
+        with hub_errors(source.hub_path, "dataset"):
+            dataset = datasets.load_dataset(source.hub_path, source.hub_name, split=expression, num_proc=nproc)
         where = f"hub dataset {source.hub_path!r} (name {source.hub_name!r}, split {expression!r})"
         return [(dataset, source.text_field, where)]
     groups: list[tuple[str, list[Path]]] = []
@@ -363,6 +364,7 @@ def prepare_tokens(
     identity = tokenizer_identity(tokenizer)
     root = Path(out_root) if out_root is not None else cache_root() / "tokens"
     final = root / prepared_tokens_key(fingerprint, identity)
+    sweep_stale_temporaries(root)  # work and output directories of prepare steps that were killed
     if (final / MANIFEST_NAME).is_file():
         log.info("Prepared tokens found at %s; nothing to do.", final)
         return final
@@ -377,8 +379,7 @@ def prepare_tokens(
     files = resolve_files(source) if source.kind == "files" else {}
     root.mkdir(parents=True, exist_ok=True)
     splits: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix=".prepare-work-", dir=root) as work, atomic_dir(final) as tmp:
-        work = Path(work)
+    with scratch_dir(root, "prepare") as work, atomic_dir(final) as tmp:
         for split in source.split_names():
             writer = _ShardWriter(tmp, split, dtype, shard_tokens)
             documents = empty = tokens = 0

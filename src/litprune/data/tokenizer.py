@@ -32,6 +32,7 @@ from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 from litprune.data.cache import cache_root
 from litprune.data.corpus import corpus_fingerprint, embedded_documents
 from litprune.utils.atomic import atomic_dir
+from litprune.utils.progress import progress_bar, shows_progress
 
 BOS_TOKEN = "<|begin_of_text|>"
 EOS_TOKEN = "<|end_of_text|>"
@@ -67,7 +68,7 @@ def _wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
     )
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, progress: bool | None = None) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on `texts`.
 
     Args:
@@ -75,6 +76,8 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedToke
         vocab_size: target vocabulary size including the 256 byte symbols and the two special tokens, so at
             least 258. The trained vocabulary is smaller when the texts do not contain enough distinct merges;
             `len(tokenizer)` is always the true size (size the model's embedding from it).
+        progress: Show a bar over the documents read and the `tokenizers` trainer's own progress (True/False;
+            None follows `LITPRUNE_PROGRESS`, see `litprune.utils.progress`).
 
     Returns:
         A fast tokenizer with `bos_token` `<|begin_of_text|>` (id 0), `eos_token` and `pad_token`
@@ -89,9 +92,11 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedToke
         vocab_size=vocab_size,
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        show_progress=shows_progress(progress),  # the merge phase, drawn by `tokenizers` itself
     )
-    backend.train_from_iterator(texts, trainer=trainer)
+    total = len(texts) if hasattr(texts, "__len__") else None
+    documents = progress_bar(texts, desc="tokenizer: reading documents", total=total, unit="doc", progress=progress)
+    backend.train_from_iterator(documents, trainer=trainer)
     return _wrap(backend)
 
 
@@ -125,7 +130,9 @@ def tokenizer_identity(tokenizer: PreTrainedTokenizerFast) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def embedded_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE, cache_dir: Path | None = None) -> PreTrainedTokenizerFast:
+def embedded_tokenizer(
+    vocab_size: int = DEFAULT_VOCAB_SIZE, cache_dir: Path | None = None, progress: bool | None = None
+) -> PreTrainedTokenizerFast:
     """The byte-level BPE tokenizer of the embedded corpus, trained once and then loaded from the cache.
 
     Trained on the train split of the embedded corpus (the standard library source of this interpreter).
@@ -136,6 +143,7 @@ def embedded_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE, cache_dir: Path | N
         vocab_size: vocabulary size including the 256 byte symbols and the two special tokens (>= 258).
         cache_dir: directory holding cached tokenizers; default `cache_root()/tokenizers`
             (`$LITPRUNE_CACHE/tokenizers` when that variable is set).
+        progress: Show the training's progress (True/False; None follows `LITPRUNE_PROGRESS`).
 
     Returns:
         The tokenizer, loaded from its cache directory (`tokenizer.name_or_path` is that directory).
@@ -144,7 +152,8 @@ def embedded_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE, cache_dir: Path | N
     path = embedded_tokenizer_path(vocab_size, cache_dir)
     if not (path / "tokenizer.json").is_file():
         fingerprint = corpus_fingerprint()
-        tokenizer = train_bpe_tokenizer((text for _, text in embedded_documents("train")), vocab_size)
+        texts = [text for _, text in embedded_documents("train")]
+        tokenizer = train_bpe_tokenizer(texts, vocab_size, progress=progress)
         with atomic_dir(path) as tmp:
             tokenizer.save_pretrained(tmp)
             provenance = {

@@ -33,12 +33,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from lm_eval.models.huggingface import HFLM
 
 from litprune.eval.borrow import borrowed, check_tokenizer_fits, resolve_device
 from litprune.eval.offline_tasks import DEFAULT_MAX_EXAMPLES, OfflineTask, prepare_offline_task
 from litprune.eval.tasks import TaskSpec, lm_eval_task_manager, resolve_tasks
 from litprune.eval.text_sources import Document
+from litprune.utils.extras import require
+
+HFLM = require("lm_eval.models.huggingface", "eval", "Evaluating lm-eval tasks").HFLM
 
 
 class LiveHFLM(HFLM):
@@ -101,6 +103,8 @@ class TaskResult:
         lm_eval_version: the installed lm-eval version.
         metrics: every metric lm-eval reported for the task (filter `none`), by name.
         offline: True for litprune's generated tasks.
+        lm_eval_task: the name lm-eval ran the task under: for an offline task the generated variant
+            (`litprune_next_line_<corpus>_n<N>_s<seed>_g<version>`), else `task`.
     """
 
     task: str
@@ -114,6 +118,7 @@ class TaskResult:
     lm_eval_version: str
     metrics: dict[str, float] = field(default_factory=dict)
     offline: bool = False
+    lm_eval_task: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
@@ -191,7 +196,7 @@ def run_specs(
     with borrowed(model, resolve_device(device)):
         lm = LiveHFLM(model, tokenizer, batch_size=batch_size, add_bos_token=add_bos_token)
         output = _simple_evaluate(lm, task_args, manager, limit, num_fewshot)
-    return [_task_result(output, spec) for spec in specs]
+    return [_task_result(output, spec, offline[spec.name].name if spec.offline else spec.name) for spec in specs]
 
 
 def _simple_evaluate(lm: Any, task_args: list[str], manager: Any, limit: int | None, num_fewshot: int) -> dict:
@@ -227,12 +232,13 @@ def _simple_evaluate(lm: Any, task_args: list[str], manager: Any, limit: int | N
     )
 
 
-def _task_result(output: dict[str, Any], spec: TaskSpec) -> TaskResult:
+def _task_result(output: dict[str, Any], spec: TaskSpec, lm_eval_name: str) -> TaskResult:
+    """`spec`'s result from lm-eval's output, where it is filed under `lm_eval_name` (the name lm-eval ran it under)."""
     import lm_eval
 
-    results = output["results"].get(spec.name)
+    results = output["results"].get(lm_eval_name)
     if results is None:
-        raise RuntimeError(f"lm-eval returned no result for task {spec.name!r} (got {sorted(output['results'])}).")
+        raise RuntimeError(f"lm-eval returned no result for task {lm_eval_name!r} (got {sorted(output['results'])}).")
     metrics, stderrs = {}, {}
     for key, value in results.items():
         name, _, filter_name = key.partition(",")
@@ -248,7 +254,7 @@ def _task_result(output: dict[str, Any], spec: TaskSpec) -> TaskResult:
             f"Task {spec.name!r} reported metrics {sorted(metrics)}, not {metric!r}; choose one as "
             f"'{spec.name}:<metric>'."
         )
-    samples = output.get("n-samples", {}).get(spec.name, {})
+    samples = output.get("n-samples", {}).get(lm_eval_name, {})
     return TaskResult(
         task=spec.name,
         metric=metric,
@@ -256,11 +262,12 @@ def _task_result(output: dict[str, Any], spec: TaskSpec) -> TaskResult:
         stderr=stderrs.get(metric),
         num_examples=int(samples.get("effective", 0)),
         num_examples_total=int(samples.get("original", 0)),
-        num_fewshot=int(output.get("n-shot", {}).get(spec.name, 0)),
-        task_version=output.get("versions", {}).get(spec.name),
+        num_fewshot=int(output.get("n-shot", {}).get(lm_eval_name, 0)),
+        task_version=output.get("versions", {}).get(lm_eval_name),
         lm_eval_version=lm_eval.__version__,
         metrics=metrics,
         offline=spec.offline,
+        lm_eval_task=lm_eval_name,
     )
 
 

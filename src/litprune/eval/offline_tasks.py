@@ -11,10 +11,21 @@ acc_norm), so a tiny model trained on a laptop gets accuracy numbers from the sa
 | `litprune_next_span` | the 48 words before a position; choose the true next 8 words among 4 (3 from other files) |
 
 Generation is deterministic: the same documents, task and parameters give byte-identical data. Examples are
-drawn with a seeded `random.Random` over the documents in the order given. The data lands in the cache
-(`cache_root()/eval_tasks/<task>/<fingerprint>/`, fingerprint = sha256 of the generator version, parameters
-and documents) next to an lm-eval YAML written from the template shipped in `task_templates/`, with the data
-file's absolute path filled in. That directory is a valid `--include_path` for lm-eval's own CLI.
+drawn with a seeded `random.Random` over the documents in the order given.
+
+Each generated variant is an lm-eval task of its own, named after everything that shapes its data:
+`<task>_<corpus>_n<max_examples>_s<seed>_g<generator version>` (e.g. `litprune_next_line_3fa2b1c0_n500_s0_g1`,
+`<corpus>` = the first 8 hex digits of the documents' sha256), so a 100-example variant made by another run can
+never stand in for a 500-example one. Inside litprune the tasks keep their short names (`litprune_next_line`,
+the `offline` preset); the record of an evaluation names the variant that ran. On disk:
+
+    cache_root()/eval_tasks/corpus-<documents sha256[:16]>/     one folder per set of documents: the include path
+        litprune_next_line_3fa2b1c0_n500_s0_g1/                 one folder per variant
+            litprune_next_line_3fa2b1c0_n500_s0_g1.yaml         lm-eval task (from `task_templates/`)
+            data.jsonl, manifest.json
+
+One `--include_path` (the corpus folder) therefore serves every variant to lm-eval's own CLI, which honours only
+the last `--include_path` flag it is given.
 """
 
 from __future__ import annotations
@@ -49,25 +60,34 @@ class OfflineTask:
     """A generated offline task on disk.
 
     Attributes:
-        name: the lm-eval task name.
-        yaml_path: the task's YAML (pass it, or its directory as include path, to lm-eval).
+        name: the lm-eval task name of this variant (`litprune_next_line_<corpus>_n<N>_s<seed>_g<version>`).
+        base_name: the name litprune users write (`litprune_next_line` or `litprune_next_span`).
+        yaml_path: the task's YAML (pass it, or `include_path`, to lm-eval).
         data_path: the examples, one JSON object per line.
         num_examples: examples in the data file.
         fingerprint: sha256 of generator version, parameters and documents.
         num_documents: documents the examples were drawn from.
+        corpus_fingerprint: sha256 of the documents alone (shared by every variant made from them).
     """
 
     name: str
+    base_name: str
     yaml_path: Path
     data_path: Path
     num_examples: int
     fingerprint: str
     num_documents: int
+    corpus_fingerprint: str
 
     @property
     def directory(self) -> Path:
-        """The include path for lm-eval (`--include_path`)."""
+        """This variant's own folder (an include path that holds this task only)."""
         return self.yaml_path.parent
+
+    @property
+    def include_path(self) -> Path:
+        """The folder of every variant made from the same documents: one `--include_path` for lm-eval's CLI."""
+        return self.yaml_path.parent.parent
 
 
 def next_line_examples(
@@ -219,7 +239,8 @@ def prepare_offline_task(
         cache_dir: parent directory of the generated tasks; default `cache_root()/eval_tasks`.
 
     Returns:
-        The task on disk. The same inputs always return the same directory and bytes.
+        The task on disk, named after its variant (see the module docstring). The same inputs always return the
+        same directory and bytes.
 
     Raises:
         OfflineTaskError: unknown task name, or documents that cannot make the task.
@@ -231,28 +252,45 @@ def prepare_offline_task(
     docs = list(documents) if documents is not None else embedded_documents()
     params = {"max_examples": max_examples, "seed": seed}
     fingerprint = _fingerprint(name, params, docs)
+    corpus = corpus_fingerprint(docs)
+    variant = variant_name(name, corpus, max_examples, seed)
     root = Path(cache_dir) if cache_dir is not None else _cache_root() / "eval_tasks"
-    final = root / name / fingerprint[:16]
-    if not (final / f"{name}.yaml").is_file():
+    final = root / f"corpus-{corpus[:16]}" / variant
+    if not (final / f"{variant}.yaml").is_file():
         examples = GENERATORS[name](docs, max_examples=max_examples, seed=seed)
         if not examples:
             raise OfflineTaskError(
                 f"Task {name}: no example could be given three distinct distractors from other documents; pass more "
                 "(or more varied) documents."
             )
-        _publish(final, name, examples, {**params, "generator_version": GENERATOR_VERSION, "documents": len(docs)})
+        extra = {"generator_version": GENERATOR_VERSION, "documents": len(docs), "corpus_sha256": corpus}
+        _publish(final, name, variant, examples, {**params, **extra})
     manifest = json.loads((final / "manifest.json").read_text(encoding="utf-8"))
     return OfflineTask(
-        name=name,
-        yaml_path=final / f"{name}.yaml",
+        name=variant,
+        base_name=name,
+        yaml_path=final / f"{variant}.yaml",
         data_path=final / "data.jsonl",
         num_examples=manifest["num_examples"],
         fingerprint=fingerprint,
         num_documents=len(docs),
+        corpus_fingerprint=corpus,
     )
 
 
-def _publish(final: Path, name: str, examples: list[dict[str, Any]], params: dict[str, Any]) -> None:
+def variant_name(name: str, corpus: str, max_examples: int, seed: int) -> str:
+    """The lm-eval task name of one variant: `<name>_<corpus[:8]>_n<max_examples>_s<seed>_g<generator version>`."""
+    return f"{name}_{corpus[:8]}_n{max_examples}_s{seed}_g{GENERATOR_VERSION}"
+
+
+def corpus_fingerprint(documents: Sequence[Document]) -> str:
+    """sha256 hex digest of the documents (names and texts, in order), independent of any task parameter."""
+    digest = hashlib.sha256(b"litprune-offline-corpus")
+    _update_with_documents(digest, documents)
+    return digest.hexdigest()
+
+
+def _publish(final: Path, name: str, variant: str, examples: list[dict[str, Any]], params: dict[str, Any]) -> None:
     from litprune.utils.atomic import atomic_dir
 
     data = "".join(json.dumps(example, ensure_ascii=False, sort_keys=True) + "\n" for example in examples)
@@ -262,18 +300,24 @@ def _publish(final: Path, name: str, examples: list[dict[str, Any]], params: dic
         (tmp / "data.jsonl").write_text(data, encoding="utf-8")
         # The YAML must name the data where it will live after the rename, not the temporary directory.
         yaml_text = template.replace("__DATA_FILE__", json.dumps(str((final / "data.jsonl").resolve())))
-        (tmp / f"{name}.yaml").write_text(yaml_text.replace("__DATA_SHA256__", data_sha), encoding="utf-8")
-        manifest = {"task": name, "num_examples": len(examples), "data_sha256": data_sha, **params}
+        yaml_text = yaml_text.replace("__TASK_NAME__", variant).replace("__DATA_SHA256__", data_sha)
+        (tmp / f"{variant}.yaml").write_text(yaml_text, encoding="utf-8")
+        manifest = {"task": variant, "base_task": name, "num_examples": len(examples), "data_sha256": data_sha}
+        manifest.update(params)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def _fingerprint(name: str, params: dict[str, Any], documents: Sequence[Document]) -> str:
     digest = hashlib.sha256(json.dumps([name, GENERATOR_VERSION, params], sort_keys=True).encode("utf-8"))
+    _update_with_documents(digest, documents)
+    return digest.hexdigest()
+
+
+def _update_with_documents(digest: Any, documents: Sequence[Document]) -> None:
     for doc_name, text in documents:
         for part in (doc_name.encode("utf-8"), text.encode("utf-8")):
             # Length prefixes keep the stream unambiguous: no boundary between name and text can shift.
             digest.update(len(part).to_bytes(8, "little") + part)
-    return digest.hexdigest()
 
 
 def _cache_root() -> Path:

@@ -4,7 +4,9 @@ on lm-eval tasks and windowed perplexities, and write one JSON record of everyth
 The record states, for each task, the metric, value, standard error, example counts, task version and lm-eval
 version; for each perplexity, the source, split, window length, window count and token counts; and for the
 model, a sha256 fingerprint of its weights, its parameter counts and, when the run that produced it left a
-record (`litprune.json` in an exported directory, the `litprune` entry of a checkpoint), its token counts.
+record (`litprune.json` in an exported directory, the `litprune` entry of a checkpoint), its token counts. For an
+exported directory it also holds `lm_eval_command`: the `lm_eval` command line that gives the same task numbers
+with lm-eval's own CLI (`--print-lm-eval-command` prints it without evaluating).
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +24,9 @@ from typing import Any
 import torch
 
 from litprune.eval.borrow import check_tokenizer_fits, resolve_device
-from litprune.eval.offline_tasks import DEFAULT_MAX_EXAMPLES, prepare_offline_task
+from litprune.eval.offline_tasks import DEFAULT_MAX_EXAMPLES, OfflineTask, prepare_offline_task
 from litprune.eval.perplexity import PAPER_MAX_WINDOWS, perplexity, window_length_for
-from litprune.eval.tasks import resolve_tasks
+from litprune.eval.tasks import TaskSpec, resolve_tasks
 from litprune.eval.text_sources import TextSource, load_documents, load_text_source, parse_source_spec
 from litprune.utils.atomic import atomic_write_json
 
@@ -70,6 +75,7 @@ def run_eval(
     dtype: str = "auto",
     ppl_batch_size: int = 1,
     add_bos_token: bool | None = None,
+    print_lm_eval_command: bool = False,
 ) -> dict:
     """Evaluate a saved model on lm-eval tasks and perplexities and write the results as JSON.
 
@@ -101,13 +107,18 @@ def run_eval(
         ppl_batch_size: perplexity windows per forward pass.
         add_bos_token: put a BOS token in front of every task request (true) or never (false); default: whatever
             the tokenizer does on its own, as lm-eval's CLI does. Perplexity always starts with one BOS.
+        print_lm_eval_command: evaluate nothing; generate the offline tasks and print the `lm_eval` command line
+            that reproduces these task numbers with lm-eval's own CLI (model, tasks, include path, few-shot,
+            batch size, limit, device). Needs an exported model directory. Perplexity has no lm-eval counterpart.
 
     Returns:
-        The record that was written (a dict; see the module docstring).
+        The record that was written (a dict; see the module docstring), or `{"lm_eval_command": ...}` when
+        printing the command.
 
     Raises:
         ValueError: every invalid argument at once, an unknown task (with close matches) or text source, a
-            tokenizer that does not fit the model, or a window longer than the model's context.
+            tokenizer that does not fit the model, a window longer than the model's context, or a command to
+            print for a checkpoint or without tasks.
         FileNotFoundError: the model path does not exist.
     """
     tasks = ["paper"] if tasks is None else _names(tasks)
@@ -130,9 +141,40 @@ def run_eval(
     specs = resolve_tasks(tasks) if tasks else []
     for spec in perplexity:
         parse_source_spec(spec)
-    sources = [load_text_source(spec) for spec in perplexity]
+    if print_lm_eval_command and not specs:
+        raise ValueError("print_lm_eval_command=true needs at least one task (--tasks); lm_eval runs no perplexity.")
+    if print_lm_eval_command and not model_path.is_dir():
+        raise ValueError(
+            f"model={model!r}: lm_eval's command line loads a Hugging Face model directory, not a checkpoint; "
+            "pass the run's export (runs/<run>/export) instead."
+        )
     documents = load_documents(task_documents) if task_documents is not None else None
     offline = {s.name: prepare_offline_task(s.name, documents, max_examples=max_examples) for s in specs if s.offline}
+    lm_eval_line = None
+    if specs and model_path.is_dir():
+        command = lm_eval_command(
+            model_path,
+            specs,
+            offline,
+            tokenizer=tokenizer,
+            dtype=dtype,
+            add_bos_token=add_bos_token,
+            batch_size=batch_size,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            device=str(resolve_device(device)),
+        )
+        lm_eval_line = shlex.join(command)
+    if print_lm_eval_command:
+        if perplexity:
+            print(
+                f"litprune eval: the perplexities ({', '.join(perplexity)}) have no lm_eval counterpart; the command "
+                "reproduces the task numbers only.",
+                file=sys.stderr,
+            )
+        print(lm_eval_line, flush=True)
+        return {"lm_eval_command": lm_eval_line}
+    sources = [load_text_source(spec) for spec in perplexity]
 
     loaded = load_for_eval(model_path, tokenizer=tokenizer, dtype=dtype)
     target = resolve_device(device)
@@ -177,10 +219,88 @@ def run_eval(
             for result in task_results
         ],
         "perplexity": ppl_results,
+        "lm_eval_command": lm_eval_line,
     }
     destination = Path(out) if out is not None else default_output_path(model_path)
     atomic_write_json(destination, record, default=str)
     return record
+
+
+def lm_eval_command(
+    model_dir: str | Path,
+    specs: Sequence[TaskSpec],
+    offline: Mapping[str, OfflineTask],
+    tokenizer: str | None = None,
+    dtype: str = "auto",
+    add_bos_token: bool | None = None,
+    batch_size: int = 16,
+    num_fewshot: int = 0,
+    limit: int | None = None,
+    device: str = "cpu",
+) -> list[str]:
+    """The `lm_eval` argument list that runs `specs` on an exported model as `run_eval` does.
+
+    Offline tasks are named by their generated variant, and all of them sit under one corpus folder, so a single
+    `--include_path` covers them (lm_eval keeps only the last `--include_path` it is given). Seeds are lm-eval's
+    defaults, which `litprune.eval.harness` uses too.
+
+    Raises:
+        ValueError: offline tasks generated from different documents (they would need two include paths), or a
+            path lm_eval's `--model_args` cannot carry (it contains a comma).
+    """
+    tasks = [offline[spec.name].name if spec.offline else spec.name for spec in specs]
+    include_paths = sorted({str(task.include_path) for task in offline.values()})
+    if len(include_paths) > 1:
+        raise ValueError(
+            f"The offline tasks come from different documents ({', '.join(include_paths)}); lm_eval takes one "
+            "--include_path. Generate them from the same task_documents."
+        )
+    model_path = str(Path(model_dir).expanduser().resolve())
+    tokenizer_path = str(Path(tokenizer).expanduser().resolve()) if tokenizer is not None else model_path
+    for path in {model_path, tokenizer_path}:
+        if "," in path:
+            raise ValueError(f"{path!r} contains a comma, which lm_eval's --model_args cannot carry; move or link it.")
+    model_args = [f"pretrained={model_path}", f"tokenizer={tokenizer_path}"]
+    if dtype != "auto":
+        model_args.append(f"dtype={dtype}")
+    if add_bos_token is not None:
+        model_args.append(f"add_bos_token={add_bos_token}")
+    command = ["lm_eval", "--model", "hf", "--model_args", ",".join(model_args), "--tasks", ",".join(tasks)]
+    if include_paths:
+        command += ["--include_path", include_paths[0]]
+    command += ["--num_fewshot", str(num_fewshot), "--batch_size", str(batch_size), "--device", device]
+    if limit is not None:
+        command += ["--limit", str(limit)]
+    return command
+
+
+def eval_main(argv: list[str]) -> None:
+    """`litprune eval`: `run_eval` as a command.
+
+    Options may also be spelled with dashes (`--max-examples 40`), and a true/false option given alone is a flag:
+    `--print-lm-eval-command` means `--print_lm_eval_command true`.
+    """
+    from jsonargparse import CLI
+
+    CLI(run_eval, args=_normalised_arguments(argv), prog="litprune eval")
+
+
+_FLAGS = ("--print_lm_eval_command",)
+_BOOLEAN_VALUES = ("true", "false", "yes", "no", "1", "0", "on", "off")
+
+
+def _normalised_arguments(argv: list[str]) -> list[str]:
+    """`--max-examples=5` -> `--max_examples=5`, a bare flag -> `--flag=true`; values are left alone."""
+    out = []
+    for index, arg in enumerate(argv):
+        if arg.startswith("--"):
+            option, sep, value = arg.partition("=")
+            arg = "--" + option[2:].replace("-", "_") + sep + value
+            following = argv[index + 1] if index + 1 < len(argv) else None
+            if arg in _FLAGS and (following is None or following.lower() not in _BOOLEAN_VALUES):
+                arg += "=true"
+        out.append(arg)
+    return out
 
 
 def perplexity_entry(
@@ -327,8 +447,10 @@ def _training_entry(loaded: LoadedModel) -> dict[str, Any] | None:
     }
 
 
-def _offline_entry(task: Any) -> dict[str, Any]:
+def _offline_entry(task: OfflineTask) -> dict[str, Any]:
     return {
+        "lm_eval_task": task.name,
+        "include_path": str(task.include_path),
         "fingerprint": task.fingerprint,
         "examples": task.num_examples,
         "documents": task.num_documents,
@@ -337,14 +459,18 @@ def _offline_entry(task: Any) -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str]:
-    import lm_eval
+    import importlib.util
+
     import transformers
 
     import litprune
 
+    # A perplexity-only evaluation needs no lm-eval; its absence is recorded as such.
+    lm_eval = importlib.import_module("lm_eval") if importlib.util.find_spec("lm_eval") else None
+
     return {
         "litprune": litprune.__version__,
-        "lm_eval": lm_eval.__version__,
+        "lm_eval": lm_eval.__version__ if lm_eval is not None else None,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }

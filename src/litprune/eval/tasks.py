@@ -128,9 +128,9 @@ def own_task_names() -> list[str]:
 @functools.lru_cache(maxsize=1)
 def lm_eval_task_manager() -> Any:
     """lm-eval's `TaskManager` over its built-in tasks, built once per process (indexing takes seconds)."""
-    from lm_eval.tasks import TaskManager
+    from litprune.utils.extras import require
 
-    return TaskManager()
+    return require("lm_eval.tasks", "eval", "Evaluating lm-eval tasks").TaskManager()
 
 
 def lm_eval_task_names() -> list[str]:

@@ -1,5 +1,6 @@
 """The parent of a pruned initialisation: its config, its litprune provenance, and the checks that the run's data
-fits it (same tokenizer, training windows within its positions). Shared by the structured and sparse inits.
+fits it (same tokenizer, training windows within its positions). Shared by the structured and sparse inits; the
+data checks also serve `FromPretrained`, whose checkpoint is a parent the run continues unpruned.
 """
 
 from __future__ import annotations
@@ -8,9 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig, PretrainedConfig
+from transformers import PretrainedConfig
 
-from litprune.models.loading import check_model_family
+from litprune.models.loading import load_model_config, looks_local
 from litprune.models.positions import check_seq_len
 
 
@@ -19,19 +20,17 @@ def read_parent_config(parent: str) -> PretrainedConfig:
 
     Raises:
         FileNotFoundError: `parent` looks local but holds no `config.json`.
+        HubAccessError: a hub id the hub cannot serve (offline, unreachable, gated, missing).
         ValueError: the parent's `model_type` is not a Llama-layout family.
     """
     local = Path(parent).expanduser()
-    looks_local = parent.startswith((".", "/", "~")) or local.exists()
-    if looks_local and not (local / "config.json").is_file():
+    if looks_local(parent) and not (local / "config.json").is_file():
         raise FileNotFoundError(
             f"No parent checkpoint at {parent!r} (expected {local / 'config.json'}). Point parent at a directory "
             "written by save_pretrained, e.g. runs/tiny_scratch/export after `litprune fit --config "
             "configs/experiment/tiny_scratch.yaml`."
         )
-    config = AutoConfig.from_pretrained(str(local) if looks_local else parent)
-    check_model_family(config, parent)
-    return config
+    return load_model_config(parent, what="parent")
 
 
 def parent_record(parent: str) -> dict[str, Any]:
@@ -43,13 +42,21 @@ def parent_record(parent: str) -> dict[str, Any]:
     return record
 
 
-def check_run_data(parent: str, parent_config: PretrainedConfig, data: Any) -> None:
+def check_run_data(parent: str, parent_config: PretrainedConfig, data: Any, role: str = "parent") -> None:
     """Check that the run's data fits the parent: same tokenizer, training windows within its positions.
 
     Nothing is checked when `data` is None (outside a Trainer). The tokenizer must be the parent's: the parent's
-    `vocab_size` must equal the tokenizer's size, except when the parent's own tokenizer (exported with it) is
-    the run's tokenizer, which proves a padded embedding; and where the parent records its tokenizer (its
-    tokenizer files or `litprune.json`), it must be the same tokenizer.
+    `vocab_size` must equal the tokenizer's size, except when the parent's own tokenizer (exported with it, or the
+    run loads its tokenizer from the parent's path or hub id) is the run's tokenizer, which proves a padded
+    embedding; and where the parent records its tokenizer (its tokenizer files or `litprune.json`), it must be the
+    same tokenizer. Run it before loading the weights, so a mismatch costs no load.
+
+    Args:
+        parent: the parent's directory or hub id.
+        parent_config: its config (`read_parent_config`).
+        data: the run's data module (its `tokenizer` or `load_tokenizer()`, `seq_len`, `tokenizer_name`), or None.
+        role: what the parent is to the run, for the messages: "parent" (pruned inits) or "checkpoint"
+            (`FromPretrained`).
 
     Raises:
         ValueError: tokenizer mismatch (both sizes are named), or `data.seq_len` above the parent's positions.
@@ -58,11 +65,14 @@ def check_run_data(parent: str, parent_config: PretrainedConfig, data: Any) -> N
         return
     tokenizer = run_tokenizer(data)
     if tokenizer is not None:
-        _check_tokenizer(parent, parent_config, tokenizer)
-    check_seq_len(getattr(data, "seq_len", None), parent_config, whose="the parent's", source=repr(parent))
+        same_source = getattr(data, "tokenizer_name", None) == parent
+        _check_tokenizer(parent, parent_config, tokenizer, role, same_source)
+    check_seq_len(getattr(data, "seq_len", None), parent_config, whose=f"the {role}'s", source=repr(parent))
 
 
-def _check_tokenizer(parent: str, parent_config: PretrainedConfig, tokenizer: Any) -> None:
+def _check_tokenizer(
+    parent: str, parent_config: PretrainedConfig, tokenizer: Any, role: str, same_source: bool
+) -> None:
     from litprune.data.tokenizer import tokenizer_identity
 
     run_size, parent_vocab = len(tokenizer), int(parent_config.vocab_size)
@@ -70,20 +80,20 @@ def _check_tokenizer(parent: str, parent_config: PretrainedConfig, tokenizer: An
         run_identity = tokenizer_identity(tokenizer)
     except TypeError:
         run_identity = None  # a slow tokenizer has no identity hash; the size checks still apply
-    parent_size, parent_identity = _parent_tokenizer(parent)
+    parent_size, parent_identity = (run_size, run_identity) if same_source else _parent_tokenizer(parent)
     if run_identity is not None and parent_identity is not None and run_identity != parent_identity:
         raise ValueError(
-            f"The run's tokenizer ({run_size} tokens, identity {run_identity[:12]}) is not the parent's tokenizer "
-            f"({parent_size} tokens, identity {parent_identity[:12]}, recorded in {parent!r}); the parent's "
+            f"The run's tokenizer ({run_size} tokens, identity {run_identity[:12]}) is not the {role}'s tokenizer "
+            f"({parent_size} tokens, identity {parent_identity[:12]}, recorded in {parent!r}); the {role}'s "
             f"embedding rows ({parent_vocab}) belong to its own tokenizer. Set data.init_args.tokenizer to the "
-            "parent's tokenizer (a litprune export holds it) or use the parent's data settings."
+            f"{role}'s tokenizer (a litprune export holds it) or use the {role}'s data settings."
         )
-    padded = parent_size == run_size and parent_identity is not None and run_size <= parent_vocab
+    padded = parent_size == run_size and (parent_identity is not None or same_source) and run_size <= parent_vocab
     if run_size != parent_vocab and not padded:
         raise ValueError(
-            f"The run's tokenizer has {run_size} tokens but the parent {parent!r} has vocab_size={parent_vocab}: "
-            "a pruned model keeps the parent's embedding, so the run must use the parent's tokenizer. Set "
-            "data.init_args.tokenizer (or vocab_size for the embedded BPE) to the parent's."
+            f"The run's tokenizer has {run_size} tokens but the {role} {parent!r} has vocab_size={parent_vocab}: "
+            f"the model keeps the {role}'s embedding, so the run must use the {role}'s tokenizer. Set "
+            f"data.init_args.tokenizer (or vocab_size for the embedded BPE) to the {role}'s."
         )
 
 

@@ -10,7 +10,8 @@ import torch
 from transformers import LlamaConfig
 
 from litprune.inits.base import InitResult, InitStrategy
-from litprune.models.loading import load_causal_lm
+from litprune.inits.parent import check_run_data
+from litprune.models.loading import load_causal_lm, load_model_config
 from litprune.models.sparse_checkpoint import MASKS_FILE, RECORD_FILE, check_zeros, load_masks
 
 
@@ -18,7 +19,13 @@ class FromPretrained(InitStrategy):
     """Load a Hugging Face causal LM checkpoint directory (or a litprune export) as the initial model.
 
     Nothing is downloaded unless `path` is a hub name and the hub is reachable; remote code is never run
-    unless `trust_remote_code` is set.
+    unless `trust_remote_code` is set. An offline or unreachable hub, a gated repository without a token and a
+    missing repository each stop the run with one message that says what to do.
+
+    Before the weights are read, the run's data is checked against the checkpoint, as for a pruned parent
+    (`litprune.inits.parent.check_run_data`): the run's tokenizer must be the checkpoint's (its size equal to the
+    checkpoint's `vocab_size`, unless the checkpoint ships that very tokenizer with a padded embedding; the same
+    tokenizer where the checkpoint records one), and the training windows must fit its positions.
 
     A sparse checkpoint (written by `litprune.models.sparse_checkpoint.save_sparse`, e.g. the export of a sparse
     run) comes back with its keep-masks (`InitResult.masks`, after checking that every masked-out weight is 0)
@@ -29,6 +36,12 @@ class FromPretrained(InitStrategy):
         path: a local directory written by `save_pretrained` (litprune exports one per run, under
             `<run dir>/export`), or a hub model id.
         trust_remote_code: allow model code shipped with the checkpoint (off by default).
+
+    Raises:
+        FileNotFoundError: (build) `path` looks local but holds no `config.json`.
+        HubAccessError: (build) a hub id the hub cannot serve (offline, unreachable, gated, missing).
+        ValueError: (build) not a Llama-layout model; the run's tokenizer is not the checkpoint's; windows longer
+            than its positions.
     """
 
     def __init__(self, path: str, trust_remote_code: bool = False) -> None:
@@ -40,7 +53,9 @@ class FromPretrained(InitStrategy):
         return False
 
     def build(self, config: LlamaConfig | None, data: Any = None) -> InitResult:
-        model = load_causal_lm(self.path, trust_remote_code=self.trust_remote_code)
+        config = load_model_config(self.path, trust_remote_code=self.trust_remote_code, what="checkpoint")
+        check_run_data(self.path, config, data, role="checkpoint")
+        model = load_causal_lm(self.path, trust_remote_code=self.trust_remote_code, what="checkpoint")
         record: dict[str, Any] = {"strategy": "from_pretrained", "path": self.path}
         local = Path(self.path).expanduser()
         masks: dict[str, torch.Tensor] = {}

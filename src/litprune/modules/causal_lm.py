@@ -7,28 +7,39 @@ the data module and callbacks.
 
 Batches are `{"input_ids": [B, T], "labels": [B, T]}` with labels already shifted (packed windows of T + 1
 tokens), so every position is a predicted token and `tokens_seen` counts exactly B x T per micro-batch per process.
+
+A checkpoint carries the model's architecture (`hf_config`) in its `litprune` record, so resuming, validating,
+testing and `CausalLM.load_from_checkpoint` build the model from the checkpoint alone: no parent is loaded and
+nothing is pruned again.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from contextvars import ContextVar
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_info
-from transformers import LlamaConfig, PreTrainedModel
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from transformers import GenerationConfig, LlamaConfig, PreTrainedModel
 
 from litprune.inits.base import InitResult, InitStrategy
-from litprune.inits.masks import attach_masks
+from litprune.inits.masks import KeepMasks, attach_masks
 from litprune.inits.random import RandomInit
 from litprune.models.params import count_parameters
 from litprune.models.positions import check_seq_len
 from litprune.models.presets import build_llama_config
-from litprune.training.budget import TokenBudget
-from litprune.training.lr_schedule import WarmupCosine
+from litprune.training.budget import TokenBudget, resume_budget
+from litprune.training.checkpoint_io import read_checkpoint_record
+from litprune.training.lr_schedule import WarmupCosine, resize_schedule_state
+from litprune.training.mask_state import decode_masks, is_mask_state
+
+# True while `CausalLM.load_from_checkpoint` constructs a module: Lightning calls `configure_model` before it hands
+# the checkpoint to `on_load_checkpoint`, which then builds the checkpoint's architecture.
+_LOADING_CHECKPOINT: ContextVar[bool] = ContextVar("litprune_loading_checkpoint", default=False)
 
 
 class CausalLM(LightningModule):
@@ -37,6 +48,17 @@ class CausalLM(LightningModule):
     Defaults follow the paper's recipe: AdamW (0.9, 0.95), eps 1e-8, weight decay 0.1 on all parameters,
     peak LR 3e-4, warmup min(5% of steps, 2000) with a quadratic ramp, cosine to 0.1 x peak over the whole run.
     Gradient clipping (1.0) is the Trainer's `gradient_clip_val`.
+
+    Special tokens: whatever the init (random, pretrained, pruned), the model takes its BOS and EOS ids from the
+    run's tokenizer (in `config` and `generation_config`) and its pad id too (in `generation_config` only: the
+    config's `pad_token_id` would become the embedding's `padding_idx`, a row that never trains, and the embedded
+    tokenizer pads with EOS). A pretrained or pruned parent whose ids differ is corrected, with a warning naming
+    each change; an id list (e.g. several EOS ids) that already holds the tokenizer's id is kept. The export says
+    `use_cache: true`; training runs without the KV cache.
+
+    Reload a trained module with `CausalLM.load_from_checkpoint("<run dir>/checkpoints/last.ckpt")`: the model is
+    built from the checkpoint's architecture (no parent access) with its trained weights and, for a sparse run,
+    its keep-masks (`pruning_masks`).
 
     Args:
         preset: named architecture (`tiny`, `small`, `llama3.1-8b`, `llama3.1-8b-depth16`, `llama3.1-8b-width`);
@@ -54,6 +76,9 @@ class CausalLM(LightningModule):
         min_lr_ratio: final LR as a fraction of `lr`.
         activation_checkpointing: recompute decoder activations in backward (saves memory at scale).
         arm: a label for reports, in the paper's notation (e.g. `S_N`, `P_M-R_N`, `P_M`).
+        replan_on_resume: on `--ckpt_path` resume with other tokens per step than the checkpoint's (another
+            micro-batch, accumulation, device count or seq_len), re-plan the tokens left as whole steps of the new
+            shape and size the LR schedule from the new total of steps. Off (default), such a resume is refused.
     """
 
     def __init__(
@@ -71,6 +96,7 @@ class CausalLM(LightningModule):
         min_lr_ratio: float = 0.1,
         activation_checkpointing: bool = False,
         arm: str | None = None,
+        replan_on_resume: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["init"])
@@ -91,13 +117,14 @@ class CausalLM(LightningModule):
             raise ValueError(f"lr={lr!r} must be positive.")
         self.activation_checkpointing = bool(activation_checkpointing)
         self.arm = arm
+        self.replan_on_resume = bool(replan_on_resume)
         self.model: PreTrainedModel | None = None
         self.init_record: dict[str, Any] = {}
         self.init_tokens: dict[str, int] = {}
         attach_masks(self, {})
         self.tokens_seen = 0
-        # Set by `litprune fit --ckpt_path`: the model is then built from the checkpoint's architecture and its
-        # weights come from the checkpoint, so a pruned init is not pruned (nor its parent loaded) again.
+        # Set by `litprune fit|validate|test --ckpt_path`: the model is then built from the checkpoint's architecture
+        # and its weights come from the checkpoint, so a pruned init is not pruned (nor its parent loaded) again.
         self.resume_checkpoint: str | None = None
         self.budget: TokenBudget | None = None
         self._tokens_at_last_log = 0
@@ -116,19 +143,27 @@ class CausalLM(LightningModule):
 
     def configure_model(self) -> None:
         """Build the HF model once (also under FSDP's sharded-init context); idempotent."""
-        if self.model is not None:
-            return
+        if self.model is not None or _LOADING_CHECKPOINT.get():
+            return  # under load_from_checkpoint, on_load_checkpoint builds the checkpoint's architecture
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         tokenizer = getattr(datamodule, "tokenizer", None)
         vocab = len(tokenizer) if tokenizer is not None else None
         if self.resume_checkpoint is not None:
             result = skeleton_from_checkpoint(self.resume_checkpoint)
+            if self._trainer is not None and self._trainer.state.fn == "fit":
+                result.masks = {}  # a resumed fit: the SparseMask callbacks restore their own masks
         else:
             result = self.init_strategy.build(self.architecture(vocab_size=vocab), datamodule)
         self.attach(result)
         rank_zero_info(f"litprune: {self.arm or 'run'} model: {count_parameters(self.model)}")
         if tokenizer is not None:
             check_vocab(self.model.config.vocab_size, len(tokenizer))
+            changes = align_token_ids(self.model, tokenizer)
+            if changes and self.resume_checkpoint is None and not self.init_strategy.needs_architecture:
+                rank_zero_warn(
+                    f"litprune: the initial model's special-token ids differ from the run's tokenizer; set to the "
+                    f"tokenizer's: {', '.join(changes)}."
+                )
         check_seq_len(
             getattr(datamodule, "seq_len", None),
             self.model.config,
@@ -156,13 +191,19 @@ class CausalLM(LightningModule):
             return
         trainer = self.trainer
         seq_len, micro_batch = _datamodule_shape(trainer)
-        self.budget = TokenBudget(
-            max_tokens=self.max_tokens,
-            seq_len=seq_len,
-            micro_batch_size=micro_batch,
-            accumulate_grad_batches=trainer.accumulate_grad_batches,
-            world_size=trainer.world_size,
-        )
+        shape = {
+            "max_tokens": self.max_tokens,
+            "seq_len": seq_len,
+            "micro_batch_size": micro_batch,
+            "accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "world_size": trainer.world_size,
+        }
+        if self.resume_checkpoint is None:
+            self.budget = TokenBudget(**shape)
+        else:  # the checkpoint's tokens per step, or the tokens left re-planned (replan_on_resume)
+            saved = read_checkpoint_record(self.resume_checkpoint)
+            source = self.resume_checkpoint
+            self.budget = resume_budget(**shape, saved=saved, replan=self.replan_on_resume, source=source)
         requested = trainer.fit_loop.epoch_loop.max_steps
         if requested not in (-1, None, self.budget.steps):
             raise ValueError(
@@ -271,6 +312,7 @@ class CausalLM(LightningModule):
             "tokens_seen": self.tokens_seen,
             "steps": self.budget.steps if self.budget else None,
             "tokens_per_step": self.budget.tokens_per_step if self.budget else None,
+            "step_shape": self.budget.record() if self.budget else None,
             "parameters": self.parameter_counts() if self.model is not None else None,
         }
 
@@ -278,30 +320,127 @@ class CausalLM(LightningModule):
         record = checkpoint.setdefault("litprune", {})
         record.update(self.run_record())
         record["hf_config"] = self.model.config.to_dict()
+        if getattr(self.model, "generation_config", None) is not None:
+            record["generation_config"] = self.model.generation_config.to_dict()
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         tokenizer_dir = getattr(datamodule, "tokenizer_dir", None)
         if tokenizer_dir is not None:
             record["tokenizer_dir"] = str(tokenizer_dir)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.model is None:  # load_from_checkpoint: the checkpoint's architecture, weights load next
+            self.attach(init_from_checkpoint(checkpoint, source="the checkpoint given to load_from_checkpoint"))
         record = checkpoint.get("litprune", {})
         self.tokens_seen = int(record.get("tokens_seen", 0))
         self.init_record = dict(record.get("init") or self.init_record)
         self.init_tokens = dict(record.get("init_tokens") or self.init_tokens)
+        budget = self.budget
+        if budget is not None and budget.done_tokens and budget.done_steps == checkpoint.get("global_step"):
+            # Re-planned at this checkpoint: its stored schedule was sized for the old steps.
+            resize_schedule_state(checkpoint, WarmupCosine(total_steps=budget.steps, **self.schedule_args))
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> CausalLM:
+        """Rebuild a trained module from a litprune checkpoint (e.g. `<run dir>/checkpoints/last.ckpt`).
+
+        The model is built from the architecture stored in the checkpoint, whatever its init (random, pretrained,
+        pruned): no parent is loaded and nothing is pruned. It then holds the checkpoint's weights, and a sparse
+        run's keep-masks are on the module (`pruning_masks`). Arguments are Lightning's
+        (`LightningModule.load_from_checkpoint`); keyword arguments override the saved hyperparameters.
+
+        Raises:
+            ValueError: the checkpoint was not written by a litprune run (it has no `hf_config` record).
+        """
+        loading = _LOADING_CHECKPOINT.set(True)
+        try:
+            return super().load_from_checkpoint(
+                checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict, **kwargs
+            )
+        finally:
+            _LOADING_CHECKPOINT.reset(loading)
+
+
+def align_token_ids(model: PreTrainedModel, tokenizer: Any) -> list[str]:
+    """Give `model` the special-token ids of `tokenizer`; return the changes made, as `where.name old -> new`.
+
+    BOS and EOS go into `model.config` and `model.generation_config`, the pad id into `generation_config` only
+    (the config's `pad_token_id` becomes the embedding's `padding_idx`, a row that never trains). An id the
+    tokenizer lacks (None) is left as it is, and so is an id list that already holds the tokenizer's id.
+    """
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    targets: list[tuple[str, Any, dict[str, int | None]]] = [("config", model.config, ids)]
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        targets.append(("generation_config", generation, {**ids, "pad_token_id": tokenizer.pad_token_id}))
+    changes = []
+    for where, config, wanted in targets:
+        for name, new in wanted.items():
+            old = getattr(config, name, None)
+            if new is None or old == new or (isinstance(old, (list, tuple)) and new in old):
+                continue
+            setattr(config, name, int(new))
+            changes.append(f"{where}.{name} {old} -> {new}")
+    return changes
 
 
 def skeleton_from_checkpoint(path: str) -> InitResult:
     """A randomly initialised model with the architecture stored in a litprune checkpoint (weights load later)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return init_from_checkpoint(checkpoint, source=f"Checkpoint {path}")
+
+
+def init_from_checkpoint(checkpoint: dict[str, Any], source: str = "The checkpoint") -> InitResult:
+    """The `InitResult` a litprune checkpoint describes: its architecture (random weights; the trained ones load
+    later), generation config, init provenance, and the keep-masks its `SparseMask` callbacks saved.
+
+    Raises:
+        ValueError: the checkpoint has no litprune record (`hf_config`); `source` names it in the message.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     record = dict(checkpoint.get("litprune", {}))
     if "hf_config" not in record:
-        raise ValueError(f"Checkpoint {path} has no litprune record (hf_config); it was not written by litprune fit.")
+        raise ValueError(
+            f"{source} has no litprune record (hf_config): it was not written by `litprune fit`. Load it with the "
+            "module it was trained with, or start from weights with the FromPretrained init."
+        )
     fields = dict(record["hf_config"])
     config = AutoConfig.for_model(fields.pop("model_type"), **fields)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    return InitResult(model=model, record=dict(record.get("init") or {}), tokens=dict(record.get("init_tokens") or {}))
+    if record.get("generation_config") and getattr(model, "generation_config", None) is not None:
+        model.generation_config = GenerationConfig.from_dict(dict(record["generation_config"]))
+    return InitResult(
+        model=model,
+        record=dict(record.get("init") or {}),
+        masks=checkpoint_masks(checkpoint),
+        tokens=dict(record.get("init_tokens") or {}),
+    )
+
+
+def checkpoint_masks(checkpoint: dict[str, Any], prefix: str = "model.") -> KeepMasks:
+    """The keep-masks the checkpoint's mask callbacks saved, keyed by Hugging Face parameter name ({} if none).
+
+    Reads every callback state in `litprune.training.mask_state`'s format and keeps the parameters under `prefix`
+    (the HF model's path inside the module), with the prefix removed.
+    """
+    masks: KeepMasks = {}
+    for state in (checkpoint.get("callbacks") or {}).values():
+        if is_mask_state(state):
+            masks.update(
+                {
+                    name.removeprefix(prefix): mask
+                    for name, mask in decode_masks(state["masks"]).items()
+                    if name.startswith(prefix)
+                }
+            )
+    return masks
 
 
 def check_vocab(model_vocab: int, tokenizer_vocab: int) -> None:

@@ -28,9 +28,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from litprune.pruning.targets import decoder_layers, find_targets, layer_index_of
+from litprune.utils.progress import progress_bar
 
 
 def calibration_windows(
@@ -199,7 +199,7 @@ def run_sequential(
     windows: Tensor,
     layer_fn: LayerFn,
     batch_size: int = 1,
-    progress: bool = True,
+    progress: bool | None = None,
     statistic: str | Callable[[int, torch.device], LinearStatistic] = "input_norms",
     targets: dict[str, nn.Linear] | None = None,
 ) -> None:
@@ -213,7 +213,8 @@ def run_sequential(
             its statistic. It must prune `layer` in place; its outputs then feed the next layer.
         batch_size: windows per forward call. Statistics are sums over all windows, so it changes memory and
             speed, not results (up to fp rounding).
-        progress: show a progress bar over layers.
+        progress: show progress bars over the windows run up to the first layer and over the layers (True/False;
+            None follows `LITPRUNE_PROGRESS`, see `litprune.utils.progress`).
         statistic: what to accumulate per target: `"input_norms"` (Wanda), `"hessian"` (SparseGPT), or a
             callable `(in_features, device) -> object with add_batch(inputs)`.
         targets: the linears to gather statistics for (from `find_targets`); default: the 7 decoder linears.
@@ -260,12 +261,13 @@ def run_sequential(
         # Per batch: the hidden states entering the current layer and that batch's layer kwargs.
         hidden: list[Tensor] = []
         layer_kwargs: list[dict[str, Any]] = []
-        for start in range(0, windows.shape[0], batch_size):
+        starts = range(0, windows.shape[0], batch_size)
+        for start in progress_bar(starts, desc="calibration inputs", unit="batch", progress=progress):
             h, kw = _capture_layer0_inputs(model, layers[0], windows[start : start + batch_size])
             hidden.append(h)
             layer_kwargs.append(kw)
 
-        for index in tqdm(range(last + 1), desc="sequential pruning", unit="layer", disable=not progress):
+        for index in progress_bar(range(last + 1), desc="sequential pruning", unit="layer", progress=progress):
             layer = layers[index]
             layer_targets = by_layer.get(index, {})
             if layer_targets:

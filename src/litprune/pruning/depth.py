@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from litprune.pruning.scorers import Scorer, check_windows, evaluation_mode, iter_batches, model_device
+from litprune.utils.progress import progress_bar
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -132,7 +133,7 @@ class DepthWindow(NamedTuple):
     baseline: float
 
 
-def minitron_depth_window(model: nn.Module, keep: int, scorer: Scorer) -> DepthWindow:
+def minitron_depth_window(model: nn.Module, keep: int, scorer: Scorer, progress: bool | None = None) -> DepthWindow:
     """Choose the contiguous block to drop so that `keep` layers remain (Minitron-depth).
 
     Calls `scorer` once on the dense model and once on each of the `L - keep + 1` candidates, where candidate
@@ -143,6 +144,8 @@ def minitron_depth_window(model: nn.Module, keep: int, scorer: Scorer) -> DepthW
         model: A Llama-layout causal LM with `L` layers.
         keep: Number of layers to keep, 1 to L - 1.
         scorer: Callable `model -> float`, e.g. `make_perplexity_scorer(windows)` or a downstream accuracy.
+        progress: Show a bar over the scored models (True/False; None follows `LITPRUNE_PROGRESS`, see
+            `litprune.utils.progress`).
 
     Returns:
         `DepthWindow(start, scores, baseline)`; drop `range(start, start + L - keep)`.
@@ -156,16 +159,20 @@ def minitron_depth_window(model: nn.Module, keep: int, scorer: Scorer) -> DepthW
             f"keep={keep!r} layers is out of range for a {num_layers}-layer model; use 1 to {num_layers - 1}."
         )
     n = num_layers - keep
-    baseline = float(scorer(model))
-    if not math.isfinite(baseline):
-        raise ValueError(
-            f"The dense model's score is {baseline}; the closest-to-baseline rule needs a finite baseline. "
-            "Check the calibration windows and the scorer."
-        )
-    scores: list[float] = []
-    for start in range(keep + 1):
-        with skipped_layers(model, range(start, start + n)):
-            scores.append(float(scorer(model)))
+    # One full scoring pass each: the dense baseline, then the keep + 1 candidate windows.
+    with progress_bar(desc="depth window search", total=keep + 2, unit="model", progress=progress) as bar:
+        baseline = float(scorer(model))
+        bar.update()
+        if not math.isfinite(baseline):
+            raise ValueError(
+                f"The dense model's score is {baseline}; the closest-to-baseline rule needs a finite baseline. "
+                "Check the calibration windows and the scorer."
+            )
+        scores: list[float] = []
+        for start in range(keep + 1):
+            with skipped_layers(model, range(start, start + n)):
+                scores.append(float(scorer(model)))
+            bar.update()
     # A diverged candidate (inf/NaN score) can never be the closest.
     gaps = [abs(s - baseline) if math.isfinite(s) else math.inf for s in scores]
     best = 0
@@ -175,7 +182,7 @@ def minitron_depth_window(model: nn.Module, keep: int, scorer: Scorer) -> DepthW
     return DepthWindow(start=best, scores=scores, baseline=baseline)
 
 
-def block_influence(model: nn.Module, windows: Tensor, batch_size: int = 1) -> Tensor:
+def block_influence(model: nn.Module, windows: Tensor, batch_size: int = 1, progress: bool | None = None) -> Tensor:
     """ShortGPT Block Influence of every decoder layer, from one dense pass over calibration windows.
 
     For each forward call `BI_l = 1 - mean over (batch, token) of cos(h_in, h_out)`, where `h_in` enters layer l
@@ -185,6 +192,7 @@ def block_influence(model: nn.Module, windows: Tensor, batch_size: int = 1) -> T
         model: A Llama-layout causal LM.
         windows: Token ids `[num_windows, seq_len]`, used in order.
         batch_size: Windows per forward call (the reference uses 1).
+        progress: Show a bar over the forward calls (True/False; None follows `LITPRUNE_PROGRESS`).
 
     Returns:
         Float32 tensor `[L]` on the CPU, each entry in [0, 2].
@@ -206,7 +214,9 @@ def block_influence(model: nn.Module, windows: Tensor, batch_size: int = 1) -> T
     calls = 0
     try:
         with evaluation_mode(model):
-            for batch in iter_batches(windows, batch_size, model_device(model)):
+            batches = iter_batches(windows, batch_size, model_device(model))
+            total = math.ceil(windows.shape[0] / batch_size)
+            for batch in progress_bar(batches, desc="block influence", total=total, unit="batch", progress=progress):
                 # Only the decoder runs: the lm_head is not needed for hidden states.
                 model.base_model(input_ids=batch, use_cache=False)
                 calls += 1

@@ -193,7 +193,7 @@ def prune_sparse(
     windows: Tensor | None = None,
     targets: str = DEFAULT_TARGETS,
     calibration: dict[str, Any] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     **method_kwargs: Any,
 ) -> SparseResult:
     """Sparsify `model` in place with magnitude, Wanda or SparseGPT; shapes stay, pruned weights become 0.
@@ -210,7 +210,8 @@ def prune_sparse(
             `litprune.pruning.targets`).
         calibration: provenance to store in the record (e.g. the dict `calibration_windows` returns, plus the
             dataset name); the window shape is always recorded.
-        progress: show a progress bar over decoder layers (wanda, sparsegpt).
+        progress: show progress bars over the calibration (wanda, sparsegpt; True/False, None follows
+            `LITPRUNE_PROGRESS`, see `litprune.utils.progress`).
         **method_kwargs: wanda: `batch_size` (calibration windows per forward, 1); sparsegpt: `blocksize` (128),
             `percdamp` (0.01), `batch_size` (1).
 

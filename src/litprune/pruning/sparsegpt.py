@@ -151,7 +151,7 @@ def prune_sparsegpt(
     blocksize: int = 128,
     percdamp: float = 0.01,
     batch_size: int = 1,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> dict[str, Tensor]:
     """SparseGPT-prune the target linears of `model` in place, calibrating layer by layer.
 
@@ -166,7 +166,7 @@ def prune_sparsegpt(
         blocksize: columns per OBS block (reference 128).
         percdamp: Hessian damping, fraction of its mean diagonal (reference 0.01).
         batch_size: calibration windows per forward call.
-        progress: show a progress bar over layers.
+        progress: show progress bars over the calibration (True/False; None follows `LITPRUNE_PROGRESS`).
 
     Returns:
         Module name -> bool keep-mask shaped like the weight. Pruned entries are 0; survivors are compensated.

@@ -65,6 +65,7 @@ def prune_structured(
     inplace: bool = False,
     hidden_multiple: int | None = None,
     mlp_multiple: int | None = None,
+    progress: bool | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Prune a Llama-layout parent by depth or width and describe the result.
 
@@ -89,6 +90,8 @@ def prune_structured(
             parent untouched.
         hidden_multiple: Width solver rounding for the hidden size (see `litprune.pruning.shapes`).
         mlp_multiple: Width solver rounding for the MLP size.
+        progress: Show progress bars for the calibration passes (True/False; None follows `LITPRUNE_PROGRESS`,
+            see `litprune.utils.progress`).
 
     Returns:
         `(pruned_model, record)`. The record (plain JSON-serialisable data) holds `method`, `ratio_requested`,
@@ -133,9 +136,10 @@ def prune_structured(
         record["calibration"] = calibration_summary(windows, batch_size)
 
     if kind == "depth":
-        pruned = _prune_depth(model, method, plan.shape.num_hidden_layers, windows, scorer, batch_size, inplace, record)
+        keep = plan.shape.num_hidden_layers
+        pruned = _prune_depth(model, method, keep, windows, scorer, batch_size, inplace, record, progress)
     else:
-        importance = width_importance(model, windows, batch_size=batch_size)
+        importance = width_importance(model, windows, batch_size=batch_size, progress=progress)
         pruned = prune_width(
             model,
             plan.shape.hidden_size,
@@ -162,18 +166,19 @@ def prune_structured(
     return pruned, record
 
 
-def _prune_depth(model, method, keep, windows, scorer, batch_size, inplace, record) -> nn.Module:
+def _prune_depth(model, method, keep, windows, scorer, batch_size, inplace, record, progress) -> nn.Module:
     num_layers = len(decoder_layers(model))
     n = num_layers - keep
     if method == "minitron_depth":
-        choice = minitron_depth_window(model, keep, resolve_scorer(scorer, windows, batch_size=batch_size))
+        scorer_fn = resolve_scorer(scorer, windows, batch_size=batch_size)
+        choice = minitron_depth_window(model, keep, scorer_fn, progress=progress)
         drop = list(range(choice.start, choice.start + n))
         record["scorer"] = scorer if isinstance(scorer, str) else getattr(scorer, "__name__", type(scorer).__name__)
         record["window_scores"] = list(choice.scores)
         record["baseline_score"] = choice.baseline
         record["window_start"] = choice.start
     else:
-        bi = block_influence(model, windows, batch_size=batch_size)
+        bi = block_influence(model, windows, batch_size=batch_size, progress=progress)
         drop = shortgpt_drop(bi, keep)
         record["block_influence"] = [float(x) for x in bi]
     target = model if inplace else copy.deepcopy(model)

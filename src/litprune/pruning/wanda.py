@@ -46,7 +46,7 @@ def prune_wanda(
     pattern: SparsityPattern | str = "unstructured",
     targets: dict[str, nn.Linear] | None = None,
     batch_size: int = 1,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> dict[str, Tensor]:
     """Wanda-prune the target linears of `model` in place, calibrating layer by layer.
 
@@ -58,7 +58,7 @@ def prune_wanda(
         targets: module name -> linear (from `find_targets`); default: `find_targets(model)`, the 7 decoder
             linears of every layer (`DEFAULT_TARGETS`).
         batch_size: calibration windows per forward call.
-        progress: show a progress bar over layers.
+        progress: show progress bars over the calibration (True/False; None follows `LITPRUNE_PROGRESS`).
 
     Returns:
         Module name -> bool keep-mask shaped like the weight. Pruned entries are set to 0, survivors unchanged.

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from litprune.pruning.depth import decoder_layers
 from litprune.pruning.scorers import check_windows, evaluation_mode, iter_batches, model_device
 from litprune.pruning.shapes import check_supported_config
+from litprune.utils.progress import progress_bar
 
 
 @dataclass
@@ -76,7 +77,9 @@ def _agg(activation: Tensor) -> Tensor:
     return activation.detach().float().abs().mean(0).pow(2).sum(0)
 
 
-def width_importance(model: nn.Module, windows: Tensor, batch_size: int = 1) -> WidthImportance:
+def width_importance(
+    model: nn.Module, windows: Tensor, batch_size: int = 1, progress: bool | None = None
+) -> WidthImportance:
     """Score hidden channels, MLP neurons and attention heads with hooks on the dense model.
 
     Args:
@@ -84,6 +87,8 @@ def width_importance(model: nn.Module, windows: Tensor, batch_size: int = 1) -> 
         windows: Calibration token ids `[num_windows, seq_len]`, used in order.
         batch_size: Windows per forward call. The reference uses 1; larger batches change the statistics
             (`mean_b` before squaring), which is known to cost accuracy.
+        progress: Show a bar over the forward calls (True/False; None follows `LITPRUNE_PROGRESS`, see
+            `litprune.utils.progress`).
 
     Returns:
         A `WidthImportance` with float32 tensors on the CPU.
@@ -116,7 +121,9 @@ def width_importance(model: nn.Module, windows: Tensor, batch_size: int = 1) -> 
     calls = 0
     try:
         with evaluation_mode(model):
-            for batch in iter_batches(windows, batch_size, device):
+            batches = iter_batches(windows, batch_size, device)
+            total = -(-int(windows.shape[0]) // batch_size)
+            for batch in progress_bar(batches, desc="width importance", total=total, unit="batch", progress=progress):
                 model.base_model(input_ids=batch, use_cache=False)
                 calls += 1
     finally:

@@ -20,8 +20,9 @@ from litprune.study.spec import StudySpec
 
 def plot_study(spec: StudySpec, arms: list[Arm], out_dir: Path) -> dict[str, Path]:
     """Draw both figures from the finished arms; return `{name: path}` of the PNGs written."""
-    import matplotlib
+    from litprune.utils.extras import require
 
+    matplotlib = require("matplotlib", "study", "Drawing the study's plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

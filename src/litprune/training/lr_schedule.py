@@ -11,7 +11,9 @@ with W = min(floor(warmup_fraction * T), max_warmup_steps), T = total optimizer 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -50,3 +52,24 @@ class WarmupCosine:
         progress = min(step, self.total_steps) / self.total_steps
         cos = self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
         return min(warm, cos)
+
+
+def resize_schedule_state(checkpoint: dict[str, Any], factor: Callable[[int], float]) -> None:
+    """Make a checkpoint's LR-scheduler and optimizer state follow `factor` from its step on (a re-planned resume).
+
+    `LambdaLR` stores the attributes of a callable factor (a `WarmupCosine`'s `total_steps`) and its last LRs, and
+    the optimizer stores the LR of the next step; restored as they are, a resume whose steps were re-planned would
+    keep the old schedule. This drops the stored factor (the run's own, sized from its budget, stays) and sets the
+    LRs to `base_lr x factor(last_epoch)`, in place, before Lightning restores the state.
+    """
+    schedulers = checkpoint.get("lr_schedulers") or []
+    optimizers = checkpoint.get("optimizer_states") or []
+    for index, state in enumerate(schedulers):
+        if "lr_lambdas" not in state:
+            continue
+        state["lr_lambdas"] = [None] * len(state["lr_lambdas"])
+        lrs = [base * factor(int(state["last_epoch"])) for base in state["base_lrs"]]
+        state["_last_lr"] = lrs
+        if index < len(optimizers):
+            for group, lr in zip(optimizers[index]["param_groups"], lrs, strict=False):
+                group["lr"] = lr

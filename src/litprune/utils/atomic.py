@@ -1,32 +1,102 @@
 """Files and directories published whole or not at all: a reader sees the old content or the new, never half.
 
-Every writer here builds its result under a hidden temporary name beside the target (`.<name>.tmp-<pid>-<random>`:
-the same directory, so the same file system, so the final rename is atomic), flushes it to disk, and renames it
-into place only once the writing code returned. If that code raises, the temporary is removed, the target is left
-as it was, and the exception propagates.
+Every writer here builds its result under a hidden temporary name beside the target
+(`.<name>.tmp-<pid>-<host>-<random>`: the same directory, so the same file system, so the final rename is atomic),
+flushes it to disk, and renames it into place only once the writing code returned. If that code raises, the
+temporary is removed, the target is left as it was, and the exception propagates. A process killed mid-write
+leaves its temporary behind; the name says whose it is (process id and a hash of the host name), so
+`sweep_stale_temporaries` removes it later once that process is gone, and never one a live process still writes.
 
 - `atomic_file(path)`: a temporary path for any writer (`torch.save`, `save_file`, ...); replaces `path`.
 - `atomic_write_text(path, text)` and `atomic_write_json(path, obj)`: the same for text and JSON.
 - `atomic_dir(final)`: a temporary directory published as `final`; an existing `final` is kept (a cache entry
   someone else published first) or, with `replace=True`, swapped out (an export, a checkpoint directory).
+- `scratch_dir(parent, name)`: a working directory removed at the end, named like the temporaries above.
+- `sweep_stale_temporaries(directory)`: remove the temporaries of processes of this host that are gone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# `.<name>.<kind>-<pid>-<host>-<random>`: who owns a temporary, so a sweep can tell a dead owner's from a live one's.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<kind>[a-z]+)-(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-[0-9a-f]{8}$")
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
 
 def hidden_sibling(target: str | os.PathLike, kind: str = "tmp") -> Path:
-    """A fresh hidden name beside `target`: `.<name>.<kind>-<pid>-<random>` (unique across processes)."""
+    """A fresh hidden name beside `target`: `.<name>.<kind>-<pid>-<host>-<random>` (unique across processes)."""
     target = Path(target)
-    return target.parent / f".{target.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return target.parent / f".{target.name}.{kind}-{os.getpid()}-{_host_tag()}-{uuid.uuid4().hex[:8]}"
+
+
+def temporary_owner(path: str | os.PathLike) -> tuple[int, str] | None:
+    """`(pid, host tag)` of a temporary named by `hidden_sibling`, or None for any other name."""
+    match = _TEMPORARY.match(Path(path).name)
+    return (int(match["pid"]), match["host"]) if match else None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` of this host exists (`os.kill(pid, 0)`; another user's process counts as alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries in `directory` (not below) left by processes of this host that no longer run.
+
+    A temporary of a live process, of another host (a shared file system), or with a name `hidden_sibling` did not
+    make, is kept. Returns the removed paths. Run it where a run or a prepare step starts.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    host, removed = _host_tag(), []
+    for path in sorted(directory.iterdir()):
+        owner = temporary_owner(path)
+        if owner is None or owner[1] != host or process_alive(owner[0]):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+@contextmanager
+def scratch_dir(parent: str | os.PathLike, name: str) -> Iterator[Path]:
+    """A fresh working directory `<parent>/.<name>.work-<pid>-<host>-<random>`, removed when the block ends.
+
+    Named like every temporary here, so one left by a killed process is swept by `sweep_stale_temporaries`.
+    """
+    path = hidden_sibling(Path(parent) / name, "work")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkdir(path)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextmanager

@@ -1,5 +1,8 @@
 """The checkpoint state of `SparseMask`: its format, its versions, and reading older ones.
 
+It lives below the callback so that a module reloaded from a checkpoint (`CausalLM.load_from_checkpoint`) reads the
+same format without importing the callback.
+
 A state is a plain dict that `torch.load(weights_only=True)` reads (tensors, lists, numbers, strings):
 
     version          STATE_VERSION
@@ -81,6 +84,19 @@ def upgrade_state(state: Mapping[str, Any]) -> dict[str, Any]:
 def pack_masks(masks: Mapping[str, Tensor]) -> dict[str, dict[str, Any]]:
     """The `masks` entry of a state: every mask bit-packed on its device, then moved to the CPU."""
     return {name: {"shape": list(mask.shape), "packed": pack_mask(mask).cpu()} for name, mask in masks.items()}
+
+
+def decode_masks(saved: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Every keep-mask of a state's `masks` entry, on the CPU (the layout is the same in every version)."""
+    return {name: unpack_mask(entry["packed"], [int(s) for s in entry["shape"]]) for name, entry in saved.items()}
+
+
+def is_mask_state(state: Any) -> bool:
+    """Whether a callback's checkpoint state holds keep-masks in this format (a `SparseMask` state)."""
+    saved = state.get("masks") if isinstance(state, Mapping) else None
+    return isinstance(saved, Mapping) and all(
+        isinstance(entry, Mapping) and {"shape", "packed"} <= set(entry) for entry in saved.values()
+    )
 
 
 def unpack_masks(saved: Mapping[str, Any], params: Mapping[str, Tensor], targets: str) -> dict[str, Tensor]:
