@@ -67,3 +67,16 @@ def test_core_imports_without_the_eval_and_study_extras(tmp_path):
     assert "pip install 'litprune[eval]'" in lines[1], lines
     assert lines[2].startswith("Drawing the study's plots needs the 'matplotlib' package"), lines
     assert "pip install 'litprune[study]'" in lines[2], lines
+
+
+def test_core_dependencies_leave_the_extras_out():
+    """A callback-only install does not pull lm-eval or matplotlib; `test` pulls every extra the suite needs."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    core = " ".join(project["dependencies"]).lower()
+    assert not any(name in core for name in ("lm-eval", "lm_eval", "matplotlib", "torchmetrics")), core
+    extras = project["optional-dependencies"]
+    assert any(dep.startswith("lm-eval") for dep in extras["eval"])
+    assert "litprune[eval]" in extras["study"] and any(dep.startswith("matplotlib") for dep in extras["study"])
+    assert any(dep.startswith("litprune[") and "study" in dep for dep in extras["test"])
