@@ -32,20 +32,71 @@ def _arms(tmp_path: Path, **changes):
     return spec, arms
 
 
-def _finish(arm, tokens: int | None = None, calibration: int = 0, loss: float = 5.0) -> None:
-    """Leave on disk what a finished `litprune fit` of `arm` leaves (results.json, export/) plus the study marker."""
+def _finish(
+    arm,
+    tokens: int | None = None,
+    calibration: int = 0,
+    loss: float = 5.0,
+    train_slice: dict | None = None,
+    omit: tuple[str, ...] = (),
+) -> None:
+    """Leave on disk what a finished `litprune fit` of `arm` leaves (results.json, export/) plus the study marker.
+
+    The record has the layout `litprune fit` writes: `run` (`CausalLM.run_record`, with the calibration provenance
+    under `init.calibration` when `calibration` tokens were read), `final` and `data` (`TokenDataModule.record`,
+    slices resolved from the arm's config). `train_slice` replaces the training slice's `{split, start, end}`;
+    `omit` drops `tokens_seen`, the training range (`train_range`) or the calibration range (`calibration_range`).
+    """
     arm.run_dir.mkdir(parents=True, exist_ok=True)
     (arm.run_dir / "export").mkdir(exist_ok=True)
     (arm.run_dir / MARKER).write_text(json.dumps({"config_hash": arm.config_hash}))
-    record = {
-        "run": {
-            "tokens_seen": arm.train_tokens if tokens is None else tokens,
-            "init_tokens": {"calibration": calibration} if calibration else {},
-            "parameters": {"total": 1000, "embedding": 400, "non_embedding": 600},
-        },
-        "final": {"val/loss": loss, "val/ppl": 2.718**loss},
+    data_args = arm.config["data"]["init_args"]
+    slices = {name: _resolved(spec) for name, spec in data_args["slices"].items()}
+    name = data_args["train_slice"]
+    if train_slice is not None:
+        slices[name] = train_slice
+    seen = arm.train_tokens if tokens is None else tokens
+    seq_len = data_args["seq_len"]
+    windows = (slices[name]["end"] - slices[name]["start"] - 1) // seq_len
+    epochs = seen // seq_len / windows
+    run = {
+        "arm": arm.label,
+        "init": {"strategy": "scratch"},
+        "init_tokens": {"calibration": calibration} if calibration else {},
+        "max_tokens": arm.train_tokens,
+        "tokens_seen": seen,
+        "parameters": {"total": 1000, "embedding": 400, "non_embedding": 600},
     }
+    if calibration:
+        settings = arm.config["model"]["init_args"]["init"]["init_args"]["calibration"]
+        calib = slices[settings["slice"]]
+        run["init"]["calibration"] = {"slice": settings["slice"], **calib, "tokens_used": calibration, "seed": 0}
+        if "calibration_range" in omit:
+            run["init"]["calibration"] = {"nsamples": 8, "seqlen": 32, "tokens_used": calibration}
+    if "tokens_seen" in omit:
+        del run["tokens_seen"]
+    data = {
+        "seq_len": seq_len,
+        "slices": slices,
+        "train_slice": name,
+        "train_windows_per_epoch": windows,
+        "train_windows_read": seen // seq_len,
+        "train_tokens_read": seen,
+        "epochs": {name: epochs},
+        "train_read": {"slice": name, **slices[name], "tokens": seen, "epochs": epochs},
+    }
+    if "train_range" in omit:
+        data = {k: v for k, v in data.items() if k not in ("train_read", "slices")}
+    record = {"run": run, "final": {"val/loss": loss, "val/ppl": 2.718**loss}, "data": data}
     (arm.run_dir / "results.json").write_text(json.dumps(record))
+
+
+def _resolved(spec: dict) -> dict:
+    """A slice of the arm's config as `TokenDataModule.record` states it once resolved (a split-long slice is
+    given 1,000,000 tokens)."""
+    start = spec.get("start", 0)
+    end = spec.get("end") or (start + spec["tokens"] if spec.get("tokens") else 1_000_000)
+    return {"split": spec["split"], "start": start, "end": end}
 
 
 def test_arm_status_skips_finished_resumes_partial_and_refuses_changed_configs(tmp_path):
@@ -77,7 +128,7 @@ def test_measured_ledger_proves_or_refutes_every_budget_identity(tmp_path):
         calibration = 256 if arm.label == "P_M-R_N" or arm.kind == "sparse" else 0
         _finish(arm, calibration=calibration)
     ledger = build_ledger(spec, arms)
-    assert ledger.ok and {c.status for c in ledger.checks} == {"ok"} and len(ledger.checks) == 10
+    assert ledger.ok and {c.status for c in ledger.checks} == {"ok"} and len(ledger.checks) == 18
     entry = {e.arm: e for e in ledger.entries}["wanda-unstructured-0.5.P_M-R_N.N2048"]
     assert (entry.pretrain_tokens, entry.calibration_tokens, entry.train_tokens) == (8192, 256, 2048)
     # A scratch arm that trained one step too many breaks both equal-budget identities it takes part in.
@@ -141,8 +192,8 @@ def test_readings_follow_from_the_numbers():
 
 
 # ------------------------------------------------------------------------------------------- real studies (slow)
-def _study_command(config: Path) -> list[str]:
-    return [sys.executable, "-m", "litprune", "study", "--config", str(config)]
+def _study_command(config: Path, workers: int = 2) -> list[str]:
+    return [sys.executable, "-m", "litprune", "study", "--config", str(config), "--workers", str(workers)]
 
 
 def _micro_yaml(tmp_path: Path, name: str) -> Path:
@@ -150,6 +201,7 @@ def _micro_yaml(tmp_path: Path, name: str) -> Path:
     study["eval"] = {**study["eval"], "enabled": False}
     study["retrain_tokens"] = [8192]  # 32 steps: the interrupted arm runs long enough to be killed mid-way
     study["checkpoint"] = {"every_n_train_steps": 2}
+    study["env"] = {"OMP_NUM_THREADS": "1"}  # the same thread count for sequential and parallel arms
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path
@@ -157,9 +209,11 @@ def _micro_yaml(tmp_path: Path, name: str) -> Path:
 
 @pytest.mark.slow
 def test_study_killed_mid_arm_resumes_without_redoing_finished_arms(embedded_cache, tmp_path):
+    # The reference study runs its arms one after another; the interrupted one two at a time (`--workers 2`).
     straight = _micro_yaml(tmp_path, "straight")
-    done = subprocess.run(_study_command(straight), capture_output=True, text=True, timeout=900)
+    done = subprocess.run(_study_command(straight, workers=1), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Up to" not in done.stdout
 
     config = _micro_yaml(tmp_path, "interrupted")
     spec = load_study(config)
@@ -184,7 +238,7 @@ def test_study_killed_mid_arm_resumes_without_redoing_finished_arms(embedded_cac
 
     rerun = subprocess.run(_study_command(config), capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
-    assert "1 of 4 arms already done; running 3." in rerun.stdout
+    assert "1 of 4 arms already done; running 3. Up to 2 at a time." in rerun.stdout
     assert "minitron_depth-0.5.P_M-R_N.N8192 (P_M-R_N, 8,192 tokens): resuming" in rerun.stdout
     # The finished parent was not touched.
     assert parent_results.stat().st_mtime_ns == parent_stamp
@@ -202,6 +256,14 @@ def test_study_killed_mid_arm_resumes_without_redoing_finished_arms(embedded_cac
     loss_a = read_metrics(other["P_M-R_N"].run_dir / "metrics.jsonl")["train/loss"]
     loss_b = read_metrics(target / "metrics.jsonl")["train/loss"]
     assert loss_a == loss_b
+
+    # Every arm of the parallel, interrupted and resumed study ends exactly where the sequential study's ends.
+    for label, arm in arms.items():
+        a = load_file(other[label].run_dir / "export" / "model.safetensors")
+        b = load_file(arm.run_dir / "export" / "model.safetensors")
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), label
+        finals = [json.loads((run.run_dir / "results.json").read_text())["final"] for run in (other[label], arm)]
+        assert finals[0] == finals[1], label
 
     # The report and ledger of the resumed study are complete and every budget identity holds.
     results = json.loads((tmp_path / "interrupted" / "results.json").read_text())

@@ -138,7 +138,7 @@ def test_dry_run_lists_arms_budgets_and_configs_without_training(tmp_path):
     for arm_id in ("parent", "minitron_depth-0.5.P_M-R_N.N2048", "depth-0.5.S_M+N.N2048"):
         assert arm_id in text
         assert str(out / "configs" / f"{arm_id}.yaml") in text
-    assert "10,240" in text and "ok (planned)" in text and "FAILED" not in text
+    assert "10,240" in text and "| planned |" in text and "| ok |" not in text and "FAILED" not in text
     assert not (out / "runs").exists()  # nothing trained
     assert (out / "configs" / "parent.yaml").is_file()
 
@@ -146,7 +146,7 @@ def test_dry_run_lists_arms_budgets_and_configs_without_training(tmp_path):
 def test_planned_ledger_matches_the_budget_definitions(tmp_path):
     spec = load_study(_write(tmp_path, micro_study(tmp_path / "out", retrain_tokens=[2048, 4096])))
     ledger = build_ledger(spec, expand_study(spec), measured=False)
-    assert ledger.ok and {c.status for c in ledger.checks} == {"ok (planned)"}
+    assert ledger.ok and {c.status for c in ledger.checks} == {"planned"}
     checks = {(c.pair, c.check): (c.left, c.right) for c in ledger.checks}
     assert checks[("minitron_depth-0.5 N=4,096", "S_M+N.train == M + N")] == (8192 + 4096, 8192 + 4096)
     assert checks[("wanda-unstructured-0.5 N=2,048", "S_N.train == P_M-R_N.train")] == (2048, 2048)

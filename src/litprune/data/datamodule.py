@@ -250,6 +250,19 @@ class TokenDataModule(LightningDataModule):
         return (s.split, s.start, s.end)
 
     # ------------------------------------------------------------------------------------------- provenance
+    def train_read(self) -> dict[str, Any]:
+        """What training has read so far: the training slice's name, split and token range `[start, end)` in the
+        split (the windows are drawn in a shuffled order over the whole slice), tokens read and passes over it."""
+        split, start, end = self._slice_range(self.train_slice)
+        return {
+            "slice": self.train_slice,
+            "split": split,
+            "start": start,
+            "end": end,
+            "tokens": self.position * self.seq_len,
+            "epochs": self.epochs_read(),
+        }
+
     def record(self) -> dict[str, Any]:
         """JSON-serialisable provenance of the data a run read (stored in checkpoints and exports)."""
         from litprune.data.slices import disjointness_record
@@ -272,6 +285,7 @@ class TokenDataModule(LightningDataModule):
             "train_windows_read": self.position,
             "train_tokens_read": self.position * self.seq_len,
             "epochs": {self.train_slice: self.epochs_read()},
+            "train_read": self.train_read(),
         }
         if self.source.kind == "embedded":
             from litprune.data.corpus import corpus_fingerprint

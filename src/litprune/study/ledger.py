@@ -9,6 +9,10 @@ Phases of an arm's lineage (exact token counts, with the paper's nominal label b
 - `calibration`: tokens the pruning method read in forward passes of the parent (`init_tokens.calibration`);
 - `train`: tokens of the arm's own run (`tokens_seen` of its `results.json`).
 
+Each entry also holds the token ranges the arm read (`litprune.study.records.TokenRange`): its training slice
+(`train`: slice, split, `[start, end)` in the split, tokens, epochs, from the data module's record) and, when its
+init calibrates, the calibration slice (`calibration`, from the calibration provenance).
+
 `total = pretrain + train` is the paper's total budget (calibration is listed apart: it is forward-only and
 drawn from the parent's data).
 
@@ -20,7 +24,14 @@ multiplied on dense hardware.
 
 Checks, for every compared pair (method x ratio x N):
 `S_N.train == N`, `P_M-R_N.train == N`, `S_N.train == P_M-R_N.train` (equal training tokens),
-`S_M+N.train == M + N` and `S_M+N.train == P_M.train + P_M-R_N.train` (equal total tokens).
+`S_M+N.train == M + N` and `S_M+N.train == P_M.train + P_M-R_N.train` (equal total tokens); and, by token ranges
+(same split and intersecting `[start, end)` = overlap), `P_M.train` disjoint from `P_M-R_N.train` and from
+`S_N.train`, and `P_M-R_N.calibration` disjoint from `P_M.train` and from `P_M-R_N.train`. The parent's range is
+checked when the study trained the parent (a parent from disk has no recorded range).
+
+Statuses: `ok` (measured from finished runs), `FAILED`, `not measured` (a finished run's record lacks the value or
+range: a failure, since nothing was proved), `pending` (an arm has not finished) and, in a dry run, `planned`
+(the plan agrees with itself; nothing is proved until the runs finish).
 """
 
 from __future__ import annotations
@@ -28,8 +39,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from litprune.eval.task_scorer import is_task_scorer
 from litprune.study.arms import Arm
-from litprune.study.records import run_result
+from litprune.study.records import TokenRange, calibration_range, run_result, train_range
 from litprune.study.spec import StudySpec
 from litprune.training.budget import paper_token_label
 
@@ -38,6 +50,12 @@ FLOPS_CONVENTION = (
     "of the parent x calibration tokens (forward only), as in Kaplan et al. (2020); attention-score and "
     "embedding/output-head FLOPs are not counted; sparse models are counted dense."
 )
+
+NOT_MEASURED = "not measured"
+"""Status of a check, and text of a ledger cell, whose value a finished run's record lacks."""
+
+FAILING = ("FAILED", NOT_MEASURED)
+"""Check statuses that fail the study."""
 
 
 @dataclass
@@ -49,40 +67,55 @@ class LedgerEntry:
         label: the arm in the paper's notation.
         group: its method x ratio group.
         retrain_tokens: the N the arm belongs to (None for a parent).
-        pretrain_tokens: M when the arm starts from the parent's weights (else 0).
-        calibration_tokens: tokens read by the pruning method.
-        train_tokens: tokens of the arm's own run.
-        total_tokens: pretrain + train (the paper's total budget).
+        pretrain_tokens: M when the arm starts from the parent's weights (else 0); None when not measured.
+        calibration_tokens: tokens read by the pruning method; None when not measured.
+        train_tokens: tokens of the arm's own run; None when not measured.
+        total_tokens: pretrain + train (the paper's total budget); None when either is not measured.
         inherits: what the starting point takes from the parent ("weights", "mask", "mask, embeddings, norms",
             "shape" or "nothing").
         params_non_embedding: non-embedding parameters of the arm's model (None when unknown).
         parent_params_non_embedding: the same for its parent.
         flops: per phase (`pretrain`, `calibration`, `train`) and `total`, None where a parameter count is unknown.
         measured: True when the token counts come from the finished run's `results.json`, False when planned.
+        ranges: the token ranges read, by role (`train`, and `calibration` when the init calibrates): measured from
+            a finished run, else planned from the arm's config.
+        not_measured: what a finished run's record lacks (`train`, `pretrain`, `calibration`, `train range`,
+            `calibration range`); each fails the checks that use it.
     """
 
     arm: str
     label: str
     group: str
     retrain_tokens: int | None
-    pretrain_tokens: int
-    calibration_tokens: int
-    train_tokens: int
-    total_tokens: int
+    pretrain_tokens: int | None
+    calibration_tokens: int | None
+    train_tokens: int | None
+    total_tokens: int | None
     inherits: str
     params_non_embedding: int | None
     parent_params_non_embedding: int | None
     flops: dict[str, float | None] = field(default_factory=dict)
     measured: bool = False
+    ranges: dict[str, TokenRange] = field(default_factory=dict)
+    not_measured: list[str] = field(default_factory=list)
 
     @property
     def labels(self) -> dict[str, str]:
-        """The paper's nominal labels of the token counts."""
+        """The paper's nominal labels of the token counts ("not measured" where a finished run lacks one)."""
         return {
-            "pretrain": paper_token_label(self.pretrain_tokens) if self.pretrain_tokens else "0",
-            "train": paper_token_label(self.train_tokens),
-            "total": paper_token_label(self.total_tokens),
+            "pretrain": _label(self.pretrain_tokens) if self.pretrain_tokens != 0 else "0",
+            "train": _label(self.train_tokens),
+            "total": _label(self.total_tokens),
         }
+
+    def ranges_text(self) -> str:
+        """The ranges read, e.g. `train retrain: train[131,072, 262,144) x 0.02 epochs`."""
+        parts = []
+        for role, read in self.ranges.items():
+            epochs = f" x {read.epochs:.3g} epochs" if read.epochs is not None else ""
+            parts.append(f"{role} {read}{epochs}")
+        parts += [f"{what}: {NOT_MEASURED}" for what in self.not_measured if what.endswith("range")]
+        return "; ".join(parts) or "-"
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "labels": self.labels}
@@ -94,17 +127,21 @@ class BudgetCheck:
 
     Attributes:
         pair: the compared target (`<group> N=<N>`).
-        check: the identity, e.g. `S_N.train == P_M-R_N.train`.
-        left: the left side's value (None while an arm has not finished).
+        check: the identity, e.g. `S_N.train == P_M-R_N.train` or `P_M.train disjoint from P_M-R_N.train`.
+        left: the left side's value: a token count, or a token range as text (None when unknown).
         right: the right side's value.
-        status: "ok", "FAILED" or "pending".
+        status: "ok", "FAILED", "not measured", "pending" or "planned" (see the module docstring).
     """
 
     pair: str
     check: str
-    left: int | None
-    right: int | None
+    left: int | str | None
+    right: int | str | None
     status: str
+
+    def sides(self) -> str:
+        """Both sides as text, e.g. `2,048 vs 2,048` or `pretrain: train[0, 8,192) vs retrain: train[8,192, ...)`."""
+        return f"{_n(self.left)} vs {_n(self.right)}"
 
 
 @dataclass
@@ -117,8 +154,12 @@ class Ledger:
 
     @property
     def ok(self) -> bool:
-        """No check failed (pending ones are not failures)."""
-        return all(c.status != "FAILED" for c in self.checks)
+        """No check failed or went unmeasured (pending and planned ones are not failures)."""
+        return all(c.status not in FAILING for c in self.checks)
+
+    def failures(self) -> list[str]:
+        """One line per failed or unmeasured check, naming both sides."""
+        return [f"{c.pair}: {c.check} ({c.sides()}): {c.status}" for c in self.checks if c.status in FAILING]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -129,15 +170,16 @@ class Ledger:
 
     def to_markdown(self) -> str:
         lines = [
-            "| arm | N | pretrain (M) | calibration | train | total | label (train / total) | inherits | FLOPs |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| arm | N | pretrain (M) | calibration | train | total | label (train / total) | inherits | FLOPs | "
+            "token ranges read |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for e in self.entries:
             flops = e.flops.get("total")
             lines.append(
-                f"| {e.arm} | {_n(e.retrain_tokens)} | {e.pretrain_tokens:,} | {e.calibration_tokens:,} | "
-                f"{e.train_tokens:,} | {e.total_tokens:,} | {e.labels['train']} / {e.labels['total']} | {e.inherits} | "
-                f"{'n/a' if flops is None else f'{flops:.3g}'} |"
+                f"| {e.arm} | {_n(e.retrain_tokens)} | {_count(e.pretrain_tokens)} | {_count(e.calibration_tokens)} | "
+                f"{_count(e.train_tokens)} | {_count(e.total_tokens)} | {e.labels['train']} / {e.labels['total']} | "
+                f"{e.inherits} | {'n/a' if flops is None else f'{flops:.3g}'} | {e.ranges_text()} |"
             )
         lines += ["", "| pair | check | left | right | status |", "|---|---|---|---|---|"]
         for c in self.checks:
@@ -163,31 +205,40 @@ def build_ledger(spec: StudySpec, arms: list[Arm], measured: bool = True) -> Led
 
 def _entry(arm: Arm, results, by_id, planned_params, spec: StudySpec) -> LedgerEntry:
     result = results.get(arm.id)
+    finished = result is not None
     run = (result or {}).get("run") or {}
     parent_arm = by_id.get(arm.parent)
-    parent_run = ((results.get(parent_arm.id) or {}).get("run") or {}) if parent_arm is not None else {}
-    train = int(run["tokens_seen"]) if "tokens_seen" in run else arm.train_tokens
-    if arm.is_parent:
-        calibration, pretrain = 0, 0
-    else:
-        init = arm.config["model"]["init_args"]["init"]["init_args"]
-        planned_calibration = _planned_calibration(arm, init)
-        calibration = int((run.get("init_tokens") or {}).get("calibration", 0)) if result else planned_calibration
-        m_tokens = int(parent_run["tokens_seen"]) if "tokens_seen" in parent_run else (arm.parent_tokens or 0)
-        pretrain = m_tokens if arm.label == "P_M-R_N" else 0
+    parent_result = results.get(parent_arm.id) if parent_arm is not None else None
+    parent_run = (parent_result or {}).get("run") or {}
+    missing: list[str] = []
+    # A finished run's own record is the only source of a measured value: what it lacks is "not measured",
+    # never the plan's number.
+    train = _measured(run, "tokens_seen", "train", missing) if finished else arm.train_tokens
+    planned_calibration = 0 if arm.is_parent else _planned_calibration(arm, _init_args(arm))
+    pretrain: int | None = 0
+    calibration: int | None = 0
+    if not arm.is_parent:
+        if finished and planned_calibration:
+            calibration = _measured(run.get("init_tokens") or {}, "calibration", "calibration", missing)
+        elif finished:
+            calibration = int((run.get("init_tokens") or {}).get("calibration", 0))
+        else:
+            calibration = planned_calibration
+        if arm.label == "P_M-R_N":
+            if parent_result is not None:
+                pretrain = _measured(parent_run, "tokens_seen", "pretrain", missing)
+            else:
+                pretrain = arm.parent_tokens or 0
+    ranges = _ranges(arm, result, planned_calibration, missing)
     params = ((run.get("parameters") or {}).get("non_embedding")) or planned_params.get(arm.id)
     parent_params = ((parent_run.get("parameters") or {}).get("non_embedding")) or planned_params.get(arm.parent)
     if arm.is_parent:
         parent_params = params
     flops: dict[str, float | None] = {
-        "pretrain": 6.0 * parent_params * pretrain if parent_params is not None else None,
-        "calibration": 2.0 * parent_params * calibration if parent_params is not None else None,
-        "train": 6.0 * params * train if params is not None else None,
+        "pretrain": _flops(6.0, parent_params, pretrain),
+        "calibration": _flops(2.0, parent_params, calibration),
+        "train": _flops(6.0, params, train),
     }
-    if pretrain == 0:
-        flops["pretrain"] = 0.0
-    if calibration == 0:
-        flops["calibration"] = 0.0
     known = [v for v in flops.values() if v is not None]
     flops["total"] = sum(known) if len(known) == 3 else None
     return LedgerEntry(
@@ -198,13 +249,70 @@ def _entry(arm: Arm, results, by_id, planned_params, spec: StudySpec) -> LedgerE
         pretrain_tokens=pretrain,
         calibration_tokens=calibration,
         train_tokens=train,
-        total_tokens=pretrain + train,
+        total_tokens=None if pretrain is None or train is None else pretrain + train,
         inherits=_inherits(arm),
         params_non_embedding=params,
         parent_params_non_embedding=parent_params,
         flops=flops,
-        measured=bool(result),
+        measured=finished,
+        ranges=ranges,
+        not_measured=missing,
     )
+
+
+def _measured(record: dict[str, Any], key: str, what: str, missing: list[str]) -> int | None:
+    """`record[key]` as an int, or None with `what` added to `missing` when the record lacks it."""
+    if record.get(key) is None:
+        missing.append(what)
+        return None
+    return int(record[key])
+
+
+def _flops(factor: float, params: int | None, tokens: int | None) -> float | None:
+    if tokens == 0:
+        return 0.0
+    return None if params is None or tokens is None else factor * params * tokens
+
+
+def _ranges(arm: Arm, result: dict[str, Any] | None, planned_calibration: int, missing: list[str]) -> dict:
+    """The token ranges an arm read: from its `results.json` when finished, else from its config."""
+    ranges: dict[str, TokenRange] = {}
+    if result is None:
+        found = {"train": _planned_range(arm, "train")}
+        if planned_calibration:
+            found["calibration"] = _planned_range(arm, "calibration")
+    else:
+        found = {"train": train_range(result)}
+        if planned_calibration:
+            found["calibration"] = calibration_range(result)
+    for role, read in found.items():
+        if read is None:
+            missing.append(f"{role} range")
+        else:
+            ranges[role] = read
+    return ranges
+
+
+def _planned_range(arm: Arm, role: str) -> TokenRange:
+    """The slice an arm's config reads for `role`; its end is None when the slice runs to the end of its split.
+
+    A slice the config does not define is a default slice: a whole split of that name.
+    """
+    data = arm.config["data"]["init_args"]
+    if role == "train":
+        name = data["train_slice"]
+    else:
+        name = (_init_args(arm).get("calibration") or {}).get("slice", "train")
+    declared = (data.get("slices") or {}).get(name) or {"split": name}
+    start = declared.get("start") or 0
+    end = declared.get("end")
+    if end is None and declared.get("tokens") is not None:
+        end = int(start) + int(declared["tokens"])
+    return TokenRange(role, str(name), str(declared.get("split", name)), int(start), None if end is None else int(end))
+
+
+def _init_args(arm: Arm) -> dict[str, Any]:
+    return arm.config["model"]["init_args"]["init"]["init_args"]
 
 
 def _planned_calibration(arm: Arm, init: dict[str, Any]) -> int:
@@ -213,6 +321,8 @@ def _planned_calibration(arm: Arm, init: dict[str, Any]) -> int:
         return 0
     if arm.kind != "sparse" and "ScratchTarget" in arm.config["model"]["init_args"]["init"]["class_path"]:
         return 0
+    if init.get("method") == "minitron_depth" and is_task_scorer(init.get("scorer")):
+        return 0  # a task-scored depth prune reads the task's examples, no corpus windows
     return int(calibration["nsamples"]) * int(calibration["seqlen"])
 
 
@@ -247,38 +357,69 @@ def _checks(arms: list[Arm], entries: dict[str, LedgerEntry], measured: bool) ->
         long = next((a for a in partners if a.label == "S_M+N"), None)
         parent = parents.get(pruned.parent)
 
-        def add(check: str, left: int | None, right: int | None, involved: list[Arm | None], pair: str = pair) -> None:
-            if left is None or right is None:
-                status = "pending"
-            elif left != right:
-                status = "FAILED"
-            elif not measured:
-                status = "ok (planned)"
-            elif all(entries[a.id].measured for a in involved if a is not None):
-                status = "ok"
-            else:
-                status = "pending"
-            checks.append(BudgetCheck(pair=pair, check=check, left=left, right=right, status=status))
+        def status(involved: list[tuple[Arm | None, str]], differ: bool | None) -> str:
+            """`differ`: the two sides break the identity (None: a side is unknown)."""
+            if any(arm is not None and what in entries[arm.id].not_measured for arm, what in involved):
+                return NOT_MEASURED
+            if differ is None:
+                return "pending"
+            if differ:
+                return "FAILED"
+            if not measured:
+                return "planned"
+            return "ok" if all(entries[arm.id].measured for arm, _ in involved if arm is not None) else "pending"
+
+        def add(
+            check: str, left: int | None, right: int | None, involved: list[tuple[Arm | None, str]], pair: str = pair
+        ) -> None:
+            differ = None if left is None or right is None else left != right
+            state = status(involved, differ)
+            if state == NOT_MEASURED:  # the unknown side is the one a finished run did not record
+                left, right = (NOT_MEASURED if v is None else v for v in (left, right))
+            checks.append(BudgetCheck(pair, check, left, right, state))
+
+        def add_disjoint(a: tuple[str, Arm, str], b: tuple[str, Arm, str], pair: str = pair) -> None:
+            (name_a, arm_a, role_a), (name_b, arm_b, role_b) = a, b
+            read_a, read_b = entries[arm_a.id].ranges.get(role_a), entries[arm_b.id].ranges.get(role_b)
+            differ = None if read_a is None or read_b is None else read_a.overlaps(read_b)
+            involved = [(arm_a, f"{role_a} range"), (arm_b, f"{role_b} range")]
+            left, right = (NOT_MEASURED if r is None else str(r) for r in (read_a, read_b))
+            checks.append(BudgetCheck(pair, f"{name_a} disjoint from {name_b}", left, right, status(involved, differ)))
 
         pr_train = entries[pruned.id].train_tokens
-        add("P_M-R_N.train == N", pr_train, n, [pruned])
+        add("P_M-R_N.train == N", pr_train, n, [(pruned, "train")])
         if scratch is not None:
             s_train = entries[scratch.id].train_tokens
-            add("S_N.train == N", s_train, n, [scratch])
-            add("S_N.train == P_M-R_N.train", s_train, pr_train, [scratch, pruned])
+            add("S_N.train == N", s_train, n, [(scratch, "train")])
+            add("S_N.train == P_M-R_N.train", s_train, pr_train, [(scratch, "train"), (pruned, "train")])
         if long is not None:
             # M as the study defines it, then as the parent's run actually consumed it.
             declared_m = pruned.parent_tokens
             m_tokens = entries[parent.id].train_tokens if parent is not None else declared_m
             long_train = entries[long.id].train_tokens
-            add("S_M+N.train == M + N", long_train, None if declared_m is None else declared_m + n, [long])
+            add("S_M+N.train == M + N", long_train, None if declared_m is None else declared_m + n, [(long, "train")])
             add(
                 "S_M+N.train == P_M.train + P_M-R_N.train",
                 long_train,
-                None if m_tokens is None else m_tokens + pr_train,
-                [long, parent, pruned],
+                None if m_tokens is None or pr_train is None else m_tokens + pr_train,
+                [(long, "train"), (parent, "train"), (pruned, "train")],
             )
+        # Token ranges: the retraining arms and the pruning method's calibration never read the parent's tokens,
+        # and calibration never reads the tokens the pruned model retrains on.
+        calibrates = _calibrates(entries[pruned.id])
+        if parent is not None:
+            add_disjoint(("P_M.train", parent, "train"), ("P_M-R_N.train", pruned, "train"))
+            if scratch is not None:
+                add_disjoint(("P_M.train", parent, "train"), ("S_N.train", scratch, "train"))
+            if calibrates:
+                add_disjoint(("P_M-R_N.calibration", pruned, "calibration"), ("P_M.train", parent, "train"))
+        if calibrates:
+            add_disjoint(("P_M-R_N.calibration", pruned, "calibration"), ("P_M-R_N.train", pruned, "train"))
     return checks
+
+
+def _calibrates(entry: LedgerEntry) -> bool:
+    return "calibration" in entry.ranges or "calibration range" in entry.not_measured
 
 
 def _planned_parameters(spec: StudySpec, arms: list[Arm]) -> dict[str, int]:
@@ -317,5 +458,16 @@ def _planned_parameters(spec: StudySpec, arms: list[Arm]) -> dict[str, int]:
     return out
 
 
-def _n(value: int | None) -> str:
+def _n(value: int | str | None) -> str:
+    if isinstance(value, str):
+        return value
     return "-" if value is None else f"{value:,}"
+
+
+def _count(value: int | None) -> str:
+    """A token count of the ledger table; None is a value a finished run did not record."""
+    return NOT_MEASURED if value is None else f"{value:,}"
+
+
+def _label(value: int | None) -> str:
+    return NOT_MEASURED if value is None else paper_token_label(value)

@@ -3,6 +3,8 @@
 An arm's run directory holds `results.json` (written by `litprune fit` when the run ends: exact tokens seen, init
 record and calibration tokens, parameter counts, final validation loss), `metrics.jsonl` (the curves), `export/`
 (the Hugging Face model) and, once the study evaluated it, `eval.json` (`litprune.eval.run.run_eval`'s record).
+The token ranges an arm read (`TokenRange`) come from the same `results.json`: its training slice from the data
+module's record (`data.train_read`), its calibration windows' slice from the init record (`run.init.calibration`).
 The study adds `study_arm.json`: the hash of the config the arm was started with, so a changed config is never
 mistaken for a finished arm.
 """
@@ -10,6 +12,7 @@ mistaken for a finished arm.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,96 @@ def read_json(path: Path) -> dict[str, Any] | None:
         raise ValueError(
             f"{str(path)!r} is not valid JSON ({err}). Delete it and rerun the study to rebuild it."
         ) from err
+
+
+@dataclass(frozen=True)
+class TokenRange:
+    """Tokens `[start, end)` of one split that a run read, for one role (`train` or `calibration`).
+
+    Attributes:
+        role: `train` (the run's own training slice) or `calibration` (the slice its pruning method read).
+        slice: the slice's name in the run's data settings.
+        split: the prepared split the offsets refer to.
+        start: first token offset in the split.
+        end: end offset (exclusive) in the split; None in a plan whose slice runs to the end of its split.
+        tokens: tokens read from the range (None when not recorded).
+        epochs: passes over the range (training only; None when not recorded).
+    """
+
+    role: str
+    slice: str
+    split: str
+    start: int
+    end: int | None
+    tokens: int | None = None
+    epochs: float | None = None
+
+    def overlaps(self, other: TokenRange) -> bool:
+        """Same split and intersecting `[start, end)` (an open end reaches the end of the split)."""
+        if self.split != other.split:
+            return False
+        return (other.end is None or self.start < other.end) and (self.end is None or other.start < self.end)
+
+    def __str__(self) -> str:
+        end = "end of split" if self.end is None else f"{self.end:,}"
+        return f"{self.slice}: {self.split}[{self.start:,}, {end})"
+
+
+def train_range(result: dict[str, Any] | None) -> TokenRange | None:
+    """The training range of a finished run's `results.json` (None when the record does not state it).
+
+    Reads the data module's `train_read` record; records written before it existed still name the training slice
+    (`train_slice`, `slices`) and its `epochs`, which give the same range.
+    """
+    data = (result or {}).get("data") or {}
+    read = data.get("train_read")
+    if isinstance(read, dict) and _has_range(read):
+        return TokenRange(
+            "train",
+            str(read["slice"]),
+            str(read["split"]),
+            int(read["start"]),
+            int(read["end"]),
+            _int_or_none(read.get("tokens")),
+            read.get("epochs"),
+        )
+    name = data.get("train_slice")
+    found = (data.get("slices") or {}).get(name) if name is not None else None
+    if not isinstance(found, dict) or not _has_range({"slice": name, **found}):
+        return None
+    return TokenRange(
+        "train",
+        str(name),
+        str(found["split"]),
+        int(found["start"]),
+        int(found["end"]),
+        _int_or_none(data.get("train_tokens_read")),
+        (data.get("epochs") or {}).get(name),
+    )
+
+
+def calibration_range(result: dict[str, Any] | None) -> TokenRange | None:
+    """The slice a finished run's pruning method calibrated on (None when the init record does not state it)."""
+    init = ((result or {}).get("run") or {}).get("init") or {}
+    record = init.get("calibration")
+    if not isinstance(record, dict) or not _has_range(record):
+        return None
+    return TokenRange(
+        "calibration",
+        str(record["slice"]),
+        str(record["split"]),
+        int(record["start"]),
+        int(record["end"]),
+        _int_or_none(record.get("tokens_used")),
+    )
+
+
+def _has_range(record: dict[str, Any]) -> bool:
+    return all(record.get(key) is not None for key in ("slice", "split", "start", "end"))
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def run_result(run_dir: Path) -> dict[str, Any] | None:

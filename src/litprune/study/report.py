@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from litprune.study.arms import Arm
-from litprune.study.ledger import Ledger, build_ledger
+from litprune.study.ledger import NOT_MEASURED, Ledger, build_ledger
 from litprune.study.records import eval_result, heldout_perplexity, run_result, task_accuracy
 from litprune.study.spec import StudySpec
 from litprune.training.budget import paper_token_label
@@ -54,6 +54,9 @@ def collect_rows(spec: StudySpec, arms: list[Arm], ledger: Ledger | None = None)
             "train_tokens_label": entry.labels["train"],
             "total_tokens_label": entry.labels["total"],
             "inherits": entry.inherits,
+            "train_range": _range_cell(entry, "train"),
+            "calibration_range": _range_cell(entry, "calibration"),
+            "not_measured": ",".join(entry.not_measured),
             "flops_total": entry.flops.get("total"),
             "params_total": (run.get("parameters") or {}).get("total"),
             "params_non_embedding": (run.get("parameters") or {}).get("non_embedding"),
@@ -127,7 +130,7 @@ def compute_readings(rows: list[dict[str, Any]], tie: float) -> list[str]:
             gap = s_long["val_loss"] - pr["val_loss"]
             total_wins.setdefault(method, []).append(gap > tie)
             readings.append(
-                f"{tag}, equal total tokens ({s_long['train_tokens']:,} = M + N): "
+                f"{tag}, equal total tokens ({_tokens(s_long['train_tokens'])} = M + N): "
                 f"{_compare('P_M-R_N', pr, 'S_M+N', s_long, tie)}" + _accuracy_note(pr, s_long, "P_M-R_N", "S_M+N")
             )
     for (method, ratio), gaps in gaps_train.items():
@@ -233,7 +236,7 @@ def render_markdown(spec: StudySpec, rows, ledger: Ledger, readings: list[str], 
     for row in parents:
         lines.append(
             f"Parent `{row['arm']}`: {_fmt_int(row['params_total'])} parameters "
-            f"({_fmt_int(row['params_non_embedding'])} non-embedding), M = {row['train_tokens']:,} tokens "
+            f"({_fmt_int(row['params_non_embedding'])} non-embedding), M = {_tokens(row['train_tokens'])} tokens "
             f"({row['train_tokens_label']}), validation loss {_fmt(row['val_loss'])}, perplexity "
             f"{_fmt(row['val_ppl'], 2)}."
         )
@@ -268,6 +271,8 @@ def render_markdown(spec: StudySpec, rows, ledger: Ledger, readings: list[str], 
         "",
         ledger.to_markdown(),
         "",
+        *ledger_sentences(ledger),
+        "",
         "## Plots",
         "",
     ]
@@ -292,14 +297,50 @@ def _table_row(row, task_columns, ppl_columns) -> str:
     cells = [
         f"`{row['label']}`" if row["label"] != "P_M" else f"`P_M` ({row['arm']})",
         _fmt_int(row["N"]),
-        f"{row['train_tokens']:,} ({row['train_tokens_label']})",
-        f"{row['total_tokens']:,}",
+        f"{_tokens(row['train_tokens'])} ({row['train_tokens_label']})",
+        _tokens(row["total_tokens"]),
         _fmt(row["val_loss"]),
         _fmt(row["val_ppl"], 2),
         *[_fmt(row.get(c)) for c in task_columns],
         *[_fmt(row.get(c), 2) for c in ppl_columns],
     ]
     return "| " + " | ".join(cells) + " |"
+
+
+def ledger_sentences(ledger: Ledger) -> list[str]:
+    """What the ledger's checks prove, one line per outcome, naming every check that did not hold."""
+    by_status: dict[str, list] = {}
+    for check in ledger.checks:
+        by_status.setdefault(check.status, []).append(check)
+    lines = []
+    if by_status.get("ok"):
+        lines.append(f"- {len(by_status['ok'])} of {len(ledger.checks)} checks hold, measured from the finished runs.")
+    if by_status.get("planned"):
+        lines.append(
+            f"- {len(by_status['planned'])} checks are planned only: the arms' configs agree with the budget "
+            "definitions and slice layout; nothing is measured until the runs finish."
+        )
+    for status, why in (
+        ("FAILED", ""),
+        (NOT_MEASURED, ": a finished run's record lacks the value, so nothing is proved; they fail the study"),
+        ("pending", ": an arm has not finished"),
+    ):
+        items = by_status.get(status, [])
+        if items:
+            lines.append(f"- {status}, {len(items)} of {len(ledger.checks)} checks{why}:")
+        lines += [f"  - {c.pair}, `{c.check}`: {c.sides()}." for c in items]
+    return lines or ["- No compared pair, so no check."]
+
+
+def _tokens(value: int | None) -> str:
+    return NOT_MEASURED if value is None else f"{value:,}"
+
+
+def _range_cell(entry, role: str) -> str | None:
+    read = entry.ranges.get(role)
+    if read is not None:
+        return str(read)
+    return NOT_MEASURED if f"{role} range" in entry.not_measured else None
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
