@@ -42,6 +42,13 @@ def packed(tok, docs: list[str]) -> np.ndarray:
     return np.array(out, dtype=np.int64)
 
 
+def in_pack_order(store: TokenStore, split: str, docs: list[str]) -> list[str]:
+    """`docs` (the split's documents in source order) in the order the prepare step packed them."""
+    order = store.document_order(split)
+    assert sorted(order.tolist()) == list(range(len(docs))), "the document order is a permutation of the documents"
+    return [docs[i] for i in order]
+
+
 def write_txt(directory, docs, prefix="doc"):
     directory.mkdir(parents=True, exist_ok=True)
     for k, doc in enumerate(docs):
@@ -64,21 +71,30 @@ def test_txt_files_one_document_per_file(tok, tmp_path):
     store = TokenStore(out)
     assert store.splits == ["train", "val"]
     for split, docs in (("train", DOCS[:3]), ("val", DOCS[3:])):
-        expected = packed(tok, docs)
+        expected = packed(tok, in_pack_order(store, split, docs))
         assert store.num_tokens(split) == len(expected)
         assert store.num_documents(split) == len(docs)
         np.testing.assert_array_equal(store.read(split, 0, store.num_tokens(split)), expected)
     manifest = store.manifest
-    assert manifest["format"] == 1 and manifest["dtype"] == "uint16"
+    assert manifest["format"] == 2 and manifest["dtype"] == "uint16"
+    assert manifest["shuffle_seed"] == 0 and manifest["splits"]["val"]["order"]["shuffle_seed"] == 0
     assert manifest["tokenizer"]["vocab_size"] == len(tok) == store.vocab_size
     assert manifest["tokenizer"]["bos_token_id"] == tok.bos_token_id
     assert manifest["source"]["kind"] == "files"
     assert [f["path"] for f in manifest["source_fingerprint"]["files"]["train"]] == [
         str((tmp_path / "train" / f"doc{k}.txt").resolve()) for k in range(3)
     ]
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "train-00000.bin", "val-00000.bin"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
+        "train-00000.bin",
+        "train-documents.npy",
+        "train-order.npy",
+        "val-00000.bin",
+        "val-documents.npy",
+        "val-order.npy",
+    ]
     raw = np.fromfile(out / "val-00000.bin", dtype="<u2")
-    np.testing.assert_array_equal(raw, packed(tok, DOCS[3:]))
+    np.testing.assert_array_equal(raw, packed(tok, in_pack_order(store, "val", DOCS[3:])))
 
 
 def test_jsonl_json_and_parquet_with_custom_text_field(tok, tmp_path):
@@ -91,24 +107,50 @@ def test_jsonl_json_and_parquet_with_custom_text_field(tok, tmp_path):
         "val": [str(tmp_path / "v.jsonl")],
     }
     store = TokenStore(prepare_tokens(TextSource(kind="files", files=files, text_field="content"), tok))
-    np.testing.assert_array_equal(store.read("train", 0, store.num_tokens("train")), packed(tok, DOCS))
-    np.testing.assert_array_equal(store.read("val", 0, store.num_tokens("val")), packed(tok, DOCS[1:3]))
+    train = packed(tok, in_pack_order(store, "train", DOCS))
+    np.testing.assert_array_equal(store.read("train", 0, store.num_tokens("train")), train)
+    val = packed(tok, in_pack_order(store, "val", DOCS[1:3]))
+    np.testing.assert_array_equal(store.read("val", 0, store.num_tokens("val")), val)
 
 
-def test_mixed_formats_keep_file_order(tok, tmp_path):
+def test_mixed_formats_keep_file_order_without_shuffle(tok, tmp_path):
     (tmp_path / "one.txt").write_text(DOCS[0])
     write_jsonl(tmp_path / "two.jsonl", DOCS[1:3])
     (tmp_path / "three.txt").write_text(DOCS[3])
     files = {"train": [str(tmp_path / n) for n in ("one.txt", "two.jsonl", "three.txt")]}
-    store = TokenStore(prepare_tokens(TextSource(kind="files", files=files), tok))
+    store = TokenStore(prepare_tokens(TextSource(kind="files", files=files, shuffle_seed=None), tok))
     np.testing.assert_array_equal(store.read("train", 0, store.num_tokens("train")), packed(tok, DOCS[:4]))
+    np.testing.assert_array_equal(store.document_order("train"), np.arange(4))
+    assert store.order("train")["shuffle_seed"] is None
+
+
+def test_shuffle_mixes_documents_across_files_of_every_format(tok, tmp_path):
+    docs = [f"{DOCS[k % len(DOCS)]}# document {k}\n" for k in range(24)]
+    for k in range(0, 24, 2):
+        (tmp_path / f"t{k:02d}.txt").write_text(docs[k])
+    write_jsonl(tmp_path / "odd.jsonl", docs[1::2])
+    # Source order: the .txt files (even documents), then the .jsonl records (odd ones).
+    source_order = docs[0::2] + docs[1::2]
+    files = {"train": [str(tmp_path / "t*.txt"), str(tmp_path / "odd.jsonl")]}
+    store = TokenStore(prepare_tokens(TextSource(kind="files", files=files, shuffle_seed=3), tok))
+    order = store.document_order("train")
+    assert order.tolist() != list(range(24))
+    assert {int(i) >= 12 for i in order[:12]} == {True, False}, "the first half mixes both files"
+    expected = packed(tok, [source_order[i] for i in order])
+    np.testing.assert_array_equal(store.read("train", 0, store.num_tokens("train")), expected)
+    ends = store.document_ends("train")
+    assert ends[-1] == store.num_tokens("train") and np.all(np.diff(ends) > 0)
+    first = store.read("train", 0, int(ends[0]))
+    np.testing.assert_array_equal(first, packed(tok, [source_order[order[0]]]))
 
 
 def test_empty_documents_are_skipped_and_counted(tok, tmp_path):
     write_jsonl(tmp_path / "d.jsonl", [DOCS[0], "", DOCS[1]])
     store = TokenStore(prepare_tokens(TextSource(kind="files", files={"train": [str(tmp_path / "d.jsonl")]}), tok))
-    np.testing.assert_array_equal(store.read("train", 0, store.num_tokens("train")), packed(tok, DOCS[:2]))
+    kept = [d for d in in_pack_order(store, "train", [DOCS[0], "", DOCS[1]]) if d]
+    np.testing.assert_array_equal(store.read("train", 0, store.num_tokens("train")), packed(tok, kept))
     assert store.manifest["splits"]["train"]["documents"] == 2
+    assert store.order("train")["documents"] == 3 and store.document_ends("train").size == 3
     assert store.manifest["splits"]["train"]["empty_documents_skipped"] == 1
 
 
@@ -117,7 +159,7 @@ def test_shards_split_the_stream_and_reads_cross_boundaries(tok, tmp_path):
     source = TextSource(kind="files", files={"train": [str(tmp_path / "t" / "*.txt")]})
     out = prepare_tokens(source, tok, out_root=tmp_path / "tokens", shard_tokens=17)
     store = TokenStore(out)
-    expected = packed(tok, DOCS)
+    expected = packed(tok, in_pack_order(store, "train", DOCS))
     shards = store.manifest["splits"]["train"]["shards"]
     assert [s["file"] for s in shards] == [f"train-{k:05d}.bin" for k in range(len(shards))]
     assert [s["tokens"] for s in shards[:-1]] == [17] * (len(shards) - 1)
@@ -181,8 +223,10 @@ def test_hub_kind_with_a_local_dataset_directory(tok, tmp_path, monkeypatch):
     write_jsonl(repo / "validation.jsonl", DOCS[:2])
     source = TextSource(kind="hub", hub_path=str(repo), hub_splits={"train": "train[:60%]", "val": "validation"})
     store = TokenStore(prepare_tokens(source, tok))
-    np.testing.assert_array_equal(store.read("train", 0, store.num_tokens("train")), packed(tok, DOCS[:3]))
-    np.testing.assert_array_equal(store.read("val", 0, store.num_tokens("val")), packed(tok, DOCS[:2]))
+    train = packed(tok, in_pack_order(store, "train", DOCS[:3]))
+    np.testing.assert_array_equal(store.read("train", 0, store.num_tokens("train")), train)
+    val = packed(tok, in_pack_order(store, "val", DOCS[:2]))
+    np.testing.assert_array_equal(store.read("val", 0, store.num_tokens("val")), val)
     assert store.manifest["source_fingerprint"]["hub_splits"] == {"train": "train[:60%]", "val": "validation"}
 
 
@@ -309,7 +353,7 @@ def test_embedded_corpus_end_to_end(monkeypatch, tmp_path):
     store = TokenStore(out)
     assert store.splits == ["train", "val", "test"]
     assert store.num_tokens("train") > 1_000_000
-    val_docs = [text for _, text in embedded_documents("val") if text]
+    val_docs = [text for text in in_pack_order(store, "val", [t for _, t in embedded_documents("val")]) if text]
     np.testing.assert_array_equal(store.read("val", 0, store.num_tokens("val")), packed(tokenizer, val_docs))
     store.verify()
     monkeypatch.setattr(prepare_module, "_encode_batch", None)

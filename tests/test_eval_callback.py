@@ -92,6 +92,9 @@ def test_runs_at_fit_end_and_every_n_tokens_logging_and_writing_json(tmp_path):
     final = json.loads((tmp_path / "evals" / "eval-tokens256.json").read_text(encoding="utf-8"))
     assert final["global_step"] == 4 and final["tasks"][0]["num_examples"] == 4
     assert final["perplexity"][0]["num_windows"] == 2 and final["perplexity"][0]["window_length"] == 64
+    assert len(final["perplexity"][0]["window_nll"]) == 2 and final["perplexity"][0]["selection"] == "spread"
+    assert final["tasks"][0]["per_example"]["doc_ids"] == [0, 1, 2, 3]
+    assert (final["settings"]["seq_len_source"], final["settings"]["task_seed"]) == ("explicit", 0)
     assert all(module.training_flags)  # the step after an evaluation still trains in train mode
 
     rows = list(csv.DictReader(open(next((tmp_path / "logs").rglob("metrics.csv")), encoding="utf-8")))
@@ -113,15 +116,27 @@ def test_state_round_trip_resumes_the_schedule():
 
 def test_arguments_are_checked_at_construction():
     with pytest.raises(ValueError) as info:
-        EvalCallback(tasks=[], perplexity=[], every_n_tokens=0, batch_size=0)
+        EvalCallback(tasks=[], perplexity=[], every_n_tokens=0, batch_size=0, task_seed=-1)
     message = str(info.value)
     assert "both empty" in message and "every_n_tokens=0" in message and "batch_size=0" in message
+    assert "task_seed=-1 must be a non-negative integer" in message
     with pytest.raises(ValueError, match="never evaluate"):
         EvalCallback(tasks=["offline"], perplexity=[], at_fit_end=False)
     with pytest.raises(ValueError, match="did you mean 'litprune_next_line'"):
         EvalCallback(tasks=["litprune_nextline"], perplexity=[])
     with pytest.raises(ValueError, match="Unknown text source 'wikitxt'"):
         EvalCallback(tasks=[], perplexity=["wikitxt"])
+
+
+def test_default_window_is_the_datamodules_training_seq_len():
+    from types import SimpleNamespace
+
+    model = make_tiny_llama(vocab_size=len(byte_tokenizer()))  # max_position_embeddings=1024
+    trained = SimpleNamespace(datamodule=SimpleNamespace(seq_len=48))
+    assert EvalCallback(tasks=[], perplexity=["embedded"])._window(trained, model) == (48, "training")
+    assert EvalCallback(tasks=[], perplexity=["embedded"], seq_len=64)._window(trained, model) == (64, "explicit")
+    no_data = SimpleNamespace(datamodule=None)
+    assert EvalCallback(tasks=[], perplexity=["embedded"])._window(no_data, model) == (1024, "model_context")
 
 
 def test_missing_tokenizer_fails_before_the_first_step(tmp_path):

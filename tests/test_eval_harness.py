@@ -53,6 +53,26 @@ def test_offline_tasks_run_and_leave_model_tokenizer_and_rng_untouched(documents
         assert result.offline and result.num_fewshot == 0
 
 
+def test_per_example_values_are_paired_across_models_and_tied_to_their_documents(documents):
+    tokenizer = byte_tokenizer()
+    models = [make_tiny_llama(seed=seed, vocab_size=len(tokenizer)) for seed in (0, 1)]
+    options = {"batch_size": 8, "limit": 12, "task_documents": documents, "max_examples": 40}
+    first, second = (evaluate_tasks(model, tokenizer, [NEXT_LINE, NEXT_SPAN], **options) for model in models)
+    for result in first + second:
+        per = result.per_example
+        assert per["metric"] == result.metric == "acc" and per["filter"] == "none"
+        assert per["doc_ids"] == list(range(12)) and len(per["values"]) == result.num_examples
+        assert set(per["values"]) <= {0.0, 1.0}
+        assert sum(per["values"]) / 12 == pytest.approx(result.value)  # the reported mean of these values
+        assert set(per) == {"metric", "filter", "values", "doc_ids", "docs_sha256"}  # compact: no prompts
+    for a, b in zip(first, second, strict=True):
+        assert a.per_example["docs_sha256"] == b.per_example["docs_sha256"]  # same examples: a paired comparison
+    assert first[0].per_example["docs_sha256"] != first[1].per_example["docs_sha256"]
+    reseeded = evaluate_tasks(models[0], tokenizer, [NEXT_LINE], task_seed=1, **options)[0]
+    assert reseeded.per_example["docs_sha256"] != first[0].per_example["docs_sha256"]  # another sample of examples
+    assert reseeded.lm_eval_task != first[0].lm_eval_task and "_s1_" in reseeded.lm_eval_task
+
+
 def test_same_accuracy_as_lm_evals_own_hflm_loading_the_saved_model(tmp_path, documents):
     from lm_eval import evaluator
     from lm_eval.models.huggingface import HFLM

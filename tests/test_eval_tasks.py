@@ -129,6 +129,35 @@ def test_generation_is_deterministic_and_depends_on_its_inputs(tmp_path):
     assert first.data_path.read_bytes() != other_seed.data_path.read_bytes()
 
 
+@pytest.mark.parametrize("generate", [next_line_examples, next_span_examples])
+def test_examples_are_in_a_seeded_shuffled_order_so_a_prefix_samples_every_document(generate):
+    docs = stdlib_documents()
+    names = [name for name, _ in docs]
+    examples = generate(docs, max_examples=60, seed=0)
+    position = "line" if generate is next_line_examples else "word"
+    keys = [(names.index(ex["source"]), ex[position]) for ex in examples]
+    assert keys != sorted(keys)  # not in document order
+    assert [ex["id"] for ex in examples] == list(range(len(examples)))
+    # The first 20 examples (what `limit: 20` evaluates) come from most documents, not from the first ones only.
+    assert len({ex["source"] for ex in examples[:20]}) >= 4
+    assert generate(docs, max_examples=60, seed=0) == examples  # deterministic for a seed
+    other = generate(docs, max_examples=60, seed=1)
+    assert [ex["context"] for ex in other[:20]] != [ex["context"] for ex in examples[:20]]
+    # With fewer targets than max_examples every target is kept, still shuffled.
+    everything = generate(docs[:2], max_examples=100_000, seed=0)
+    keys = [(ex["source"], ex[position]) for ex in everything]
+    assert len(set(keys)) == len(keys) and keys != sorted(keys, key=lambda k: (names.index(k[0]), k[1]))
+
+
+def test_prepared_task_records_its_seed_and_rejects_a_bad_one(tmp_path):
+    docs = stdlib_documents()
+    task = prepare_offline_task(NEXT_LINE, docs, max_examples=30, seed=3)
+    assert task.seed == 3 and "_s3_g2" in task.name
+    assert json.loads((task.directory / "manifest.json").read_text(encoding="utf-8"))["seed"] == 3
+    with pytest.raises(OfflineTaskError, match="seed=-1 must be a non-negative integer"):
+        prepare_offline_task(NEXT_LINE, docs, seed=-1)
+
+
 def test_generated_yaml_is_an_lm_eval_task_over_the_generated_data():
     from lm_eval.tasks import TaskManager
 

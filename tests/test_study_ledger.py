@@ -46,7 +46,7 @@ def test_missing_tokens_seen_is_not_measured_and_fails(tmp_path):
     # The report says so in the table and in the sentences under it; nothing about this arm reads "ok".
     rows = {r["arm"]: r for r in collect_rows(spec, arms, ledger)}
     assert rows["depth-0.5.S_N.N2048"]["train_tokens"] is None
-    markdown = render_markdown(spec, list(rows.values()), ledger, [], {})
+    markdown = render_markdown(spec, list(rows.values()), ledger, [], [], [], {})
     assert f"| {NOT_MEASURED} ({NOT_MEASURED}) |" in markdown
     assert f"| {PAIR} | `S_N.train == N` | {NOT_MEASURED} | 2,048 | {NOT_MEASURED} |" in markdown
     assert f"- {NOT_MEASURED}, 2 of {len(ledger.checks)} checks: a finished run's record lacks the value" in markdown

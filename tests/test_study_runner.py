@@ -19,7 +19,6 @@ from test_study_spec import micro_study
 from litprune.study.arms import expand_study, write_arm_configs
 from litprune.study.ledger import build_ledger
 from litprune.study.records import MARKER
-from litprune.study.report import compute_readings
 from litprune.study.runner import arm_status
 from litprune.study.spec import StudyError, load_study, study_from_dict
 from litprune.training.metrics_logger import read_metrics
@@ -141,54 +140,6 @@ def test_measured_ledger_proves_or_refutes_every_budget_identity(tmp_path):
     failed = {(c.pair, c.check) for c in build_ledger(spec, arms).checks if c.status == "FAILED"}
     assert ("minitron_depth-0.5 N=2,048", "S_M+N.train == P_M.train + P_M-R_N.train") in failed
     assert not any(check == "S_M+N.train == M + N" for _, check in failed)
-
-
-def _row(label, loss, n=2048, method="minitron_depth", tokens=None, acc=None, se=None):
-    row = {
-        "label": label,
-        "methods": method,
-        "N": n,
-        "ratio": 0.5,
-        "parent": "parent",
-        "pattern": None,
-        "val_loss": loss,
-        "train_tokens": tokens or n,
-    }
-    if acc is not None:
-        row.update({"task:next": acc, "task_stderr:next": se})
-    return row
-
-
-def test_readings_follow_from_the_numbers():
-    rows = [
-        _row("P_M-R_N", 3.70, acc=0.40, se=0.01),
-        _row("S_N", 4.68, acc=0.30, se=0.01),
-        _row("S_M+N", 3.47, tokens=10240, acc=0.41, se=0.02),
-    ]
-    readings = compute_readings(rows, tie=0.02)
-    assert readings[0].startswith("minitron_depth at ratio 0.5, N = 2,048")
-    assert (
-        "P_M-R_N beats S_N by 0.980 nats" in readings[0]
-        and "next accuracy 0.400 vs 0.300 (P_M-R_N ahead)" in readings[0]
-    )
-    assert "S_M+N beats P_M-R_N by 0.230 nats" in readings[1] and "within two standard errors" in readings[1]
-    assert readings[-1] == "Overall: scratch matches or beats pruning at equal total tokens for minitron_depth."
-    # Swap the numbers and the reading swaps with them; a difference under the threshold is a tie.
-    rows = [
-        _row("P_M-R_N", 3.30),
-        _row("S_N", 3.31),
-        _row("S_M+N", 3.50, tokens=10240),
-        _row("P_M-R_N", 3.10, n=4096),
-        _row("S_N", 3.60, n=4096),
-    ]
-    readings = compute_readings(rows, tie=0.02)
-    assert "are within 0.02 nats of each other (3.300 vs 3.310" in readings[0]
-    assert "P_M-R_N beats S_M+N by 0.200 nats" in readings[1]
-    assert any(
-        "gap (S_N - P_M-R_N validation loss) grows from +0.010 at N = 2,048 to +0.500 at N = 4,096" in r
-        for r in readings
-    )
-    assert readings[-1] == "Overall: pruning keeps its edge at equal total tokens for minitron_depth."
 
 
 # ------------------------------------------------------------------------------------------- real studies (slow)

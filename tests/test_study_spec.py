@@ -14,7 +14,7 @@ from litprune.cli.lightning_cli import LitpruneCLI
 from litprune.study.arms import expand_study, write_arm_configs
 from litprune.study.ledger import build_ledger
 from litprune.study.runner import run_study
-from litprune.study.spec import StudyError, check_study, load_study, study_from_dict
+from litprune.study.spec import StudyError, check_study, load_study, study_from_dict, tokens_per_step
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,6 +42,7 @@ MICRO: dict = {
             "pretrain": {"split": "train", "start": 32768, "end": 131072},
             "retrain": {"split": "train", "start": 131072, "end": 262144},
             "val": {"split": "val"},
+            "heldout": {"split": "test"},
         },
     },
     "trainer": {
@@ -59,6 +60,8 @@ MICRO: dict = {
         "max_windows": 2,
         "seq_len": 64,
         "max_examples": 40,
+        "loss_slice": "heldout",
+        "loss_tokens": 512,
     },
 }
 
@@ -214,7 +217,13 @@ def test_every_problem_is_reported_at_once_with_close_matches(tmp_path):
 def test_sparse_scratch_arms_need_a_calibration_slice_outside_the_joined_one(tmp_path):
     study = micro_study(tmp_path / "out")
     study["slices"]["calibration"] = "pretrain"
-    assert "slices.calibration='pretrain' is part of the tokens S_M+N trains on" in _problems(tmp_path, study)
+    assert "overlaps the tokens S_M+N trains on" in _problems(tmp_path, study)
+    # By ranges, not names: a slice of another name over the same tokens is refused too.
+    study = micro_study(tmp_path / "out")
+    study["data"]["slices"]["everything"] = {"split": "train", "start": 0, "end": 262144}
+    study["slices"]["long"] = "everything"
+    problems = _problems(tmp_path, study)
+    assert "calib: train[0, 32,768)" in problems and "overlaps the tokens S_M+N trains on" in problems
     study["arms"] = ["S_N", "P_M-R_N"]
     check_study(study_from_dict(study))  # without S_M+N the parent's slice may serve calibration
 
@@ -226,8 +235,20 @@ def test_shipped_study_configs_are_valid(tmp_path):
         assert arms[0].label == "P_M" and {"S_N", "P_M-R_N", "S_M+N"} <= {a.label for a in arms}
         assert build_ledger(spec, arms, measured=False).ok
     tiny = load_study(REPO / "configs" / "study" / "tiny.yaml")
-    kinds = {m.kind for m in tiny.methods}
-    assert kinds == {"depth", "width", "sparse"} and all(m.ratios == [0.5] for m in tiny.methods)
+    assert {m.kind for m in tiny.methods} == {"depth", "sparse"} and all(m.ratios == [0.5] for m in tiny.methods)
+    full = load_study(REPO / "configs" / "study" / "tiny_full.yaml")
+    assert {m.kind for m in full.methods} == {"depth", "width", "sparse"}
+    # The sizing rule of the main job: about the paper's tokens per non-embedding parameter for the parent (200B over
+    # Llama-3.1-8B's 6,979,588,096: 28.7; 29 x the parent's count), to the nearest whole number of steps; N = M/16 and
+    # M/4 (the paper's main N is M/4).
+    from litprune.models.presets import build_llama_config
+    from litprune.pruning.shapes import count_config_parameters
+
+    parent = tiny.parents["parent"]
+    non_embedding = count_config_parameters(build_llama_config(parent.preset, vocab_size=1024)).non_embedding
+    step = tokens_per_step(tiny)
+    assert abs(parent.tokens - 29 * non_embedding) <= step / 2 and parent.tokens % step == 0
+    assert tiny.retrain_tokens == [parent.tokens // 16, parent.tokens // 4]
 
 
 def test_paper_scale_study_dry_run(tmp_path):

@@ -3,5 +3,10 @@
 Map: `sparse_mask` (`SparseMask`: keep-masks through every optimizer step, pruning schedules, exact resume; its
 checkpoint state and its older versions in `litprune.training.mask_state`, its DDP checks in `distributed`), `export`
 (`HFExport`: `save_pretrained` export with the run record, sparse when the run has masks), `progress`
-(`TokenProgressBar`: tokens seen against the budget).
+(`TokenProgressBar`: tokens seen against the budget), `validate_at_start` (`ValidateAtStart`: the initial model's
+validation loss, the first point of every loss curve).
 """
+
+from litprune.callbacks.validate_at_start import ValidateAtStart
+
+__all__ = ["ValidateAtStart"]

@@ -13,7 +13,9 @@ What litprune adds to plain LightningCLI:
   the model's positions, reusing a run directory without resuming, resuming with different model/data settings
   or another number of tokens per step (unless `model.init_args.replan_on_resume`), a corrupt checkpoint;
 - temporary files of killed runs (owner process gone) swept from the run directory at start;
-- a final validation pass after fit, so every run ends with a measured validation loss.
+- a validation pass before the first optimizer step of a fresh run (`--validate_at_start`, default true;
+  `litprune.callbacks.ValidateAtStart`), so every loss curve starts from the initial (pruned or random) model, and
+  a final validation pass after fit, so every run ends with a measured validation loss.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from litprune.callbacks.export import HFExport
 from litprune.callbacks.progress import TokenProgressBar
+from litprune.callbacks.validate_at_start import ValidateAtStart
 from litprune.cli.errors import LitpruneArgumentParser
 from litprune.cli.run_config import (
     RunConfig,
@@ -85,6 +88,14 @@ class LitpruneCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(HFExport, "export")
+        parser.add_argument(
+            "--validate_at_start",
+            type=bool,
+            default=True,
+            help="fit: measure the initial model (pruned or random) on the validation windows before the first "
+            "optimizer step, so the loss curve starts at 0 training tokens. Skipped on resume and without "
+            "validation data.",
+        )
 
     def _parse_ckpt_path(self) -> None:
         """Keep the given config as is: differences from the checkpoint are reported in `before_fit`."""
@@ -105,6 +116,10 @@ class LitpruneCLI(LightningCLI):
             isinstance(c, ProgressBar) for c in callbacks
         ):
             callbacks.append(TokenProgressBar())
+        if self._get(self.config_init, "validate_at_start", default=True) and not any(
+            isinstance(c, ValidateAtStart) for c in callbacks
+        ):
+            callbacks.append(ValidateAtStart())
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 

@@ -3,7 +3,9 @@
 Pipeline: text (embedded corpus, local files, or a hub dataset) -> `prepare_tokens` (tokenize once, uint16/uint32
 memory-mapped shards + manifest, cached) -> named slices (token ranges of a split, checked disjoint) -> windows
 of `seq_len + 1` tokens with stride `seq_len` (input = w[:-1], labels = w[1:]) -> a seeded order reshuffled every
-epoch over the slice -> each process reads its own micro-batches of the one global stream.
+epoch over the slice -> each process reads its own micro-batches of the one global stream. Documents are shuffled
+(seeded, `source.shuffle_seed`) before packing, so every slice of a split is an alike sample of it. Validation and
+test read `val_tokens` worth of windows spread evenly over their whole slice (`spread_windows`).
 
 Exact resume: the data position (windows consumed by all processes) is counted when a batch actually enters
 the training step (`on_after_batch_transfer`, after Lightning's one-batch prefetch), stored in the checkpoint
@@ -22,7 +24,15 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from litprune.data.order import WindowOrder, rank_microbatches
 from litprune.data.prepare import TextSource, prepare_tokens, resolve_files
-from litprune.data.slices import ResolvedSlice, TokenSlice, default_slices, num_windows, resolve_slices, window_tokens
+from litprune.data.slices import (
+    ResolvedSlice,
+    TokenSlice,
+    default_slices,
+    num_windows,
+    resolve_slices,
+    spread_windows,
+    window_tokens,
+)
 from litprune.data.store import TokenStore
 from litprune.data.tokenizer import DEFAULT_VOCAB_SIZE
 
@@ -42,7 +52,8 @@ class TokenDataModule(LightningDataModule):
 
     Args:
         source: where the text comes from: `{kind: embedded}` (default), `{kind: files, files: {train: [a.jsonl],
-            val: [b.jsonl]}}`, or `{kind: hub, hub_path: ..., hub_splits: {train: "train[:1%]"}}`.
+            val: [b.jsonl]}}`, or `{kind: hub, hub_path: ..., hub_splits: {train: "train[:1%]"}}`. Its
+            `shuffle_seed` (default 0; null keeps the source order) shuffles documents before packing.
         tokenizer: a Hugging Face tokenizer directory or hub id; None trains (once, cached) a byte-level BPE on
             the embedded corpus's train split.
         vocab_size: vocabulary of the trained BPE (only when `tokenizer` is None).
@@ -54,7 +65,10 @@ class TokenDataModule(LightningDataModule):
         val_slice: slice for validation (null: no validation).
         test_slice: slice for `litprune test` (null: none).
         seed: seed of the training order (same slice and seed: same order, in every arm).
-        val_max_windows: cap on validation windows (the first ones of the slice, in order); null: all.
+        val_tokens: tokens of validation (and of `litprune test`): `max(1, val_tokens // seq_len)` windows spread
+            evenly over the whole slice; null (with `val_max_windows` null): every window of the slice.
+        val_max_windows: the older way to cap validation, in windows (spread over the slice like `val_tokens`);
+            set at most one of the two.
         num_workers: DataLoader worker processes.
         cache_dir: where tokenizers and token shards are cached (default `$LITPRUNE_CACHE` or ~/.cache/litprune).
     """
@@ -71,7 +85,8 @@ class TokenDataModule(LightningDataModule):
         val_slice: str | None = "val",
         test_slice: str | None = "test",
         seed: int = 0,
-        val_max_windows: int | None = 64,
+        val_tokens: int | None = None,
+        val_max_windows: int | None = None,
         num_workers: int = 0,
         cache_dir: str | None = None,
     ) -> None:
@@ -80,8 +95,14 @@ class TokenDataModule(LightningDataModule):
         for name, value in (("seq_len", seq_len), ("micro_batch_size", micro_batch_size), ("vocab_size", vocab_size)):
             if not isinstance(value, int) or value < 1:
                 problems.append(f"data.{name}={value!r} must be a positive integer")
-        if val_max_windows is not None and val_max_windows < 1:
-            problems.append(f"data.val_max_windows={val_max_windows!r} must be positive or null")
+        for name, value in (("val_tokens", val_tokens), ("val_max_windows", val_max_windows)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                problems.append(f"data.{name}={value!r} must be a positive integer or null")
+        if val_tokens is not None and val_max_windows is not None:
+            problems.append(
+                f"data.val_tokens={val_tokens!r} and data.val_max_windows={val_max_windows!r} are both set; they size "
+                "the same thing, so set only val_tokens (tokens of validation) and leave val_max_windows null"
+            )
         if num_workers < 0:
             problems.append(f"data.num_workers={num_workers!r} must be >= 0")
         if problems:
@@ -96,6 +117,7 @@ class TokenDataModule(LightningDataModule):
         self.slice_specs = dict(slices) if slices else None
         self.train_slice, self.val_slice, self.test_slice = train_slice, val_slice, test_slice
         self.seed = seed
+        self.val_tokens = val_tokens
         self.val_max_windows = val_max_windows
         self.num_workers = num_workers
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
@@ -103,6 +125,7 @@ class TokenDataModule(LightningDataModule):
         self.store_path: Path | None = None
         self.slices: dict[str, ResolvedSlice] = {}
         self._order: WindowOrder | None = None
+        self._document_order: str | None = None  # sha256 of the training split's document order
         self.position = 0  # training windows consumed by all processes together
         self._loaded_state: dict[str, Any] | None = None
 
@@ -160,6 +183,8 @@ class TokenDataModule(LightningDataModule):
                     f"{self.seq_len + 1}. Enlarge the slice or lower data.seq_len."
                 )
         self._order = WindowOrder(num_windows(self.slices[self.train_slice].tokens, self.seq_len), self.seed)
+        train_order = store.order(self.slices[self.train_slice].split)
+        self._document_order = train_order["sha256"] if train_order else None
         if self._loaded_state is not None:
             self._check_state(self._loaded_state)
 
@@ -193,12 +218,16 @@ class TokenDataModule(LightningDataModule):
     def _eval_loader(self, name: str | None) -> DataLoader | list:
         if name is None:
             return []
-        resolved = self.slices[name]
-        count = num_windows(resolved.tokens, self.seq_len)
-        if self.val_max_windows is not None:
-            count = min(count, self.val_max_windows)
-        dataset = _EvalWindows(self.store_path, resolved, self.seq_len, count)
+        dataset = _EvalWindows(self.store_path, self.slices[name], self.seq_len, self.eval_windows(name))
         return DataLoader(dataset, batch_size=self.micro_batch_size, shuffle=False, num_workers=self.num_workers)
+
+    def eval_windows(self, name: str) -> np.ndarray:
+        """The windows validation or test reads from slice `name`: `val_tokens // seq_len` (or `val_max_windows`)
+        of them, at least one, spread evenly over the whole slice; all of them when neither is set."""
+        count = self.val_max_windows
+        if self.val_tokens is not None:
+            count = max(1, self.val_tokens // self.seq_len)
+        return spread_windows(num_windows(self.slices[name].tokens, self.seq_len), count)
 
     # --------------------------------------------------------------------------------------------- position
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -226,6 +255,7 @@ class TokenDataModule(LightningDataModule):
             "seq_len": self.seq_len,
             "seed": self.seed,
             "train_windows": self.train_windows,
+            "document_order": self._document_order,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -235,8 +265,9 @@ class TokenDataModule(LightningDataModule):
             self._check_state(self._loaded_state)
 
     def _check_state(self, state: dict[str, Any]) -> None:
-        current = {k: v for k, v in self.state_dict().items() if k != "position"}
-        saved = {k: state.get(k) for k in current}
+        # Keys a checkpoint lacks (written before they existed) are not compared: older checkpoints still resume.
+        current = {k: v for k, v in self.state_dict().items() if k != "position" and k in state}
+        saved = {k: state[k] for k in current}
         differ = {k: (saved[k], current[k]) for k in current if saved[k] != current[k]}
         if differ:
             details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differ.items())
@@ -263,6 +294,18 @@ class TokenDataModule(LightningDataModule):
             "epochs": self.epochs_read(),
         }
 
+    def _eval_record(self, name: str | None) -> dict[str, Any] | None:
+        if name is None:
+            return None
+        windows = int(self.eval_windows(name).size)
+        return {
+            "slice": name,
+            "split": self.slices[name].split,
+            "windows": windows,
+            "tokens": windows * self.seq_len,
+            "selection": "spread",
+        }
+
     def record(self) -> dict[str, Any]:
         """JSON-serialisable provenance of the data a run read (stored in checkpoints and exports)."""
         from litprune.data.slices import disjointness_record
@@ -286,6 +329,8 @@ class TokenDataModule(LightningDataModule):
             "train_tokens_read": self.position * self.seq_len,
             "epochs": {self.train_slice: self.epochs_read()},
             "train_read": self.train_read(),
+            "order": {split: store.order(split) for split in store.splits},
+            "validation": self._eval_record(self.val_slice),
         }
         if self.source.kind == "embedded":
             from litprune.data.corpus import corpus_fingerprint
@@ -334,17 +379,19 @@ class _TrainStream(IterableDataset):
 
 
 class _EvalWindows(Dataset):
-    """The first `count` windows of a slice, in order (validation and test)."""
+    """Chosen windows of a slice, in the given order (validation and test; see `spread_windows`)."""
 
-    def __init__(self, store_path: Path, window_slice: ResolvedSlice, seq_len: int, count: int) -> None:
-        self.store_path, self.window_slice, self.seq_len, self.count = store_path, window_slice, seq_len, count
+    def __init__(self, store_path: Path, window_slice: ResolvedSlice, seq_len: int, indices: np.ndarray) -> None:
+        self.store_path, self.window_slice, self.seq_len = store_path, window_slice, seq_len
+        self.indices = np.asarray(indices, dtype=np.int64)
         self._store: TokenStore | None = None
 
     def __len__(self) -> int:
-        return self.count
+        return int(self.indices.size)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if self._store is None:
             self._store = TokenStore(self.store_path)
-        window = torch.from_numpy(window_tokens(self._store, self.window_slice, index, self.seq_len).astype(np.int64))
+        tokens = window_tokens(self._store, self.window_slice, int(self.indices[index]), self.seq_len)
+        window = torch.from_numpy(tokens.astype(np.int64))
         return {"input_ids": window[:-1], "labels": window[1:]}

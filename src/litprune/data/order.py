@@ -1,4 +1,11 @@
-"""The deterministic, resumable order in which training reads the windows of a slice.
+"""Seeded orders: the document order of a prepared split, and the resumable order training reads windows in.
+
+Documents: `document_order(n, seed, split)` is the order the prepare step packs a split's documents in, a
+permutation from numpy's `default_rng` seeded with `[seed, hash(split)]` (each split shuffled independently), or
+the source order when the seed is None. Shuffling before packing gives every token slice of a split an alike
+mix of documents, whatever order the source lists them in. `order_sha256` names a permutation in manifests.
+
+Windows:
 
 All processes of a run share one global stream of window indices. Position `i` of the stream (0, 1, 2, ...)
 belongs to epoch `e = i // num_windows` and reads window `perm_e[i % num_windows]`, where `perm_e` is a
@@ -17,9 +24,34 @@ permutation drawn from numpy's PCG64 generator seeded with `[seed, e]`. So:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 import numpy as np
+
+
+def document_order(num_documents: int, seed: int | None, split: str) -> np.ndarray:
+    """The order in which a split's documents are packed: position k of the token stream holds document `out[k]`.
+
+    Args:
+        num_documents: documents of the split, in source order (empty ones included).
+        seed: shuffle seed (a non-negative integer), or None to keep the source order.
+        split: the split's name; mixed into the seed (through a stable hash) so splits are shuffled independently.
+
+    Returns:
+        An int64 permutation of `range(num_documents)` (the identity when `seed` is None).
+    """
+    _check_nonnegative_int("num_documents", num_documents)
+    if seed is None:
+        return np.arange(num_documents, dtype=np.int64)
+    _check_nonnegative_int("shuffle_seed", seed)
+    split_key = int.from_bytes(hashlib.sha256(split.encode("utf-8")).digest()[:8], "little")
+    return np.random.default_rng([int(seed), split_key]).permutation(num_documents).astype(np.int64)
+
+
+def order_sha256(permutation: np.ndarray) -> str:
+    """sha256 of a document order as little-endian int64 bytes (recorded in manifests and run records)."""
+    return hashlib.sha256(np.ascontiguousarray(permutation, dtype="<i8").tobytes()).hexdigest()
 
 
 def _check_nonnegative_int(name: str, value: int) -> None:

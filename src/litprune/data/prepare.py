@@ -6,15 +6,23 @@ training, into flat binary shards that every rank memory-maps (see `store.py`).
 Design choices:
 - A source is plain data (`TextSource`), so it is written in YAML: the embedded corpus, local files
   (.txt, .jsonl, .json, .parquet, read through Hugging Face `datasets`), or a Hugging Face Hub dataset.
-- Every document is packed as `[bos] + tokens + [eos]` and documents are concatenated in source order; windows
-  therefore cross document boundaries, as in Llama pretraining. Empty documents are skipped (they carry no
-  text) and counted in the manifest.
+- Every document is packed as `[bos] + tokens + [eos]`; windows therefore cross document boundaries, as in Llama
+  pretraining. Empty documents are skipped (they carry no text) and counted in the manifest.
+- Before packing, each split's documents are shuffled with a seeded permutation (`TextSource.shuffle_seed`,
+  `order.document_order`), across all files of the split, for every source kind. Sources often list documents
+  in a meaningful order (the embedded corpus by path, a crawl by date), which would give the token slices
+  carved out of one split (calibration, pretraining, retraining, validation) different compositions; shuffled,
+  every slice is an alike sample. `shuffle_seed: null` keeps the source order. The manifest records per split
+  the seed, the document count and the permutation's sha256; `<split>-order.npy` holds the permutation
+  (source index of each packed document) and `<split>-documents.npy` the cumulative token end offset of each
+  packed document (int64, empty documents included with zero tokens), so any token position maps back to its
+  source document.
 - Shards are raw little-endian `uint16` when the vocabulary has at most 65,535 entries, else `uint32`, named
   `<split>-<k:05d>.bin`, at most `shard_tokens` tokens each; `manifest.json` records sizes and sha256s.
 - The output directory is `out_root/<key>`, the key hashing what the tokens depend on: the source fingerprint
-  (file paths and content hashes; the embedded corpus hash; hub path, config name and split expressions) and
-  the tokenizer identity. Preparing the same thing again returns the existing directory without tokenizing.
-  The directory is published atomically, so concurrent ranks cannot see a partial result.
+  (file paths and content hashes; the embedded corpus hash; hub path, config name and split expressions), the
+  shuffle seed and the tokenizer identity. Preparing the same thing again returns the existing directory
+  without tokenizing. The directory is published atomically, so concurrent ranks cannot see a partial result.
 
 Example YAML for a local dataset::
 
@@ -24,6 +32,7 @@ Example YAML for a local dataset::
         train: [data/train-*.jsonl]
         val: [data/val.jsonl]
       text_field: text
+      shuffle_seed: 0
 """
 
 from __future__ import annotations
@@ -44,13 +53,17 @@ import pyarrow.compute as pc
 
 from litprune.data.cache import cache_root
 from litprune.data.corpus import EMBEDDED_SPLITS, corpus_fingerprint, embedded_documents
+from litprune.data.order import document_order, order_sha256
 from litprune.data.tokenizer import tokenizer_identity
 from litprune.utils.atomic import atomic_dir, scratch_dir, sweep_stale_temporaries
 from litprune.utils.hub import hub_errors
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
+"""Format of the manifests `prepare_tokens` writes. 2 added the document order (shuffle) and document files."""
+READABLE_MANIFEST_FORMATS = (1, 2)
+"""Formats `TokenStore` reads; format 1 (source order, no document files) holds the same kind of shards."""
 MANIFEST_NAME = "manifest.json"
 DEFAULT_SHARD_TOKENS = 2**26
 SOURCE_KINDS = ("embedded", "files", "hub")
@@ -78,6 +91,13 @@ class TextSource:
         hub_name: for kind "hub": the dataset configuration name, e.g. "en" (None for the default).
         hub_splits: for kind "hub": our split name -> split expression of the hub dataset, e.g.
             {"train": "train[:1%]", "val": "validation[:1000]"}.
+        shuffle_seed: seed of the document shuffle before packing (a non-negative integer), so every token slice
+            of a split holds an alike mix of documents; each split is shuffled independently, across all its
+            files. null keeps the source order (the embedded corpus is listed by path). Part of the
+            prepared-tokens key.
+        include_tests: for kind "embedded": also include the standard library's own test suites (`test`,
+            `tests`, `idle_test` directories), which more than doubles the corpus. The tokenizer is still
+            trained on the default corpus.
     """
 
     kind: str = "embedded"
@@ -86,6 +106,8 @@ class TextSource:
     hub_path: str | None = None
     hub_name: str | None = None
     hub_splits: dict[str, str] | None = None
+    shuffle_seed: int | None = 0
+    include_tests: bool = False
 
     def __post_init__(self) -> None:
         problems = self._problems()
@@ -98,6 +120,19 @@ class TextSource:
             return [f"kind={self.kind!r} is not a source kind; use one of {list(SOURCE_KINDS)}."]
         if not isinstance(self.text_field, str) or not self.text_field:
             problems.append(f"text_field={self.text_field!r} must name the record field that holds the text.")
+        seed = self.shuffle_seed
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+            problems.append(
+                f"shuffle_seed={seed!r} must be a non-negative integer (the document shuffle's seed) or null "
+                "(keep the source order)."
+            )
+        if not isinstance(self.include_tests, bool):
+            problems.append(f"include_tests={self.include_tests!r} must be true or false.")
+        elif self.include_tests and self.kind != "embedded":
+            problems.append(
+                f"include_tests=True only applies to kind='embedded' (the standard library's test suites); this "
+                f"source has kind={self.kind!r}. Remove include_tests."
+            )
         if self.kind == "files":
             if not self.files or not isinstance(self.files, dict):
                 problems.append(
@@ -194,7 +229,7 @@ def source_fingerprint(source: TextSource) -> dict:
     """
     common = {"kind": source.kind, "text_field": source.text_field}
     if source.kind == "embedded":
-        return {**common, "corpus": corpus_fingerprint()}
+        return {**common, "corpus": corpus_fingerprint(source.include_tests)}
     if source.kind == "files":
         files = {
             split: [{"path": str(p), "bytes": p.stat().st_size, "sha256": _sha256_file(p)} for p in paths]
@@ -212,9 +247,15 @@ def _key_payload(fingerprint: dict) -> dict:
     return fingerprint
 
 
-def prepared_tokens_key(fingerprint: dict, identity: str) -> str:
-    """The directory name of prepared tokens: a hash of the source fingerprint and the tokenizer identity."""
-    payload = {"format": MANIFEST_FORMAT, "source": _key_payload(fingerprint), "tokenizer": identity}
+def prepared_tokens_key(fingerprint: dict, identity: str, shuffle_seed: int | None = 0) -> str:
+    """The directory name of prepared tokens: a hash of the source fingerprint, the tokenizer identity and the
+    document shuffle seed (`TextSource.shuffle_seed`; None = source order)."""
+    payload = {
+        "format": MANIFEST_FORMAT,
+        "source": _key_payload(fingerprint),
+        "tokenizer": identity,
+        "shuffle_seed": shuffle_seed,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:20]
 
 
@@ -280,13 +321,13 @@ class _ShardWriter:
         return self.shards
 
 
-def _load_split(source: TextSource, split: str, files: dict[str, list[Path]], work: Path, num_proc: int) -> list:
+def _load_parts(source: TextSource, split: str, files: dict[str, list[Path]], work: Path, num_proc: int) -> list:
     """The split's documents as (dataset, text column, description) parts, one per run of same-format files."""
     import datasets
 
     nproc = num_proc if num_proc > 1 else None
     if source.kind == "embedded":
-        texts = [text for _, text in embedded_documents(split)]
+        texts = [text for _, text in embedded_documents(split, source.include_tests)]
         return [(datasets.Dataset.from_dict({"text": texts}), "text", f"embedded corpus split {split!r}")]
     if source.kind == "hub":
         expression = source.hub_splits[split]
@@ -318,6 +359,127 @@ def _load_split(source: TextSource, split: str, files: dict[str, list[Path]], wo
     return parts
 
 
+def _load_split(source: TextSource, split: str, files: dict[str, list[Path]], work: Path, num_proc: int):
+    """The split's documents in source order as one dataset with a single "text" column, and a description.
+
+    The parts (runs of same-format files) are joined so the shuffle can mix documents across all of them.
+    """
+    import datasets
+
+    parts = []
+    for dataset, field, where in _load_parts(source, split, files, work, num_proc):
+        if field not in dataset.column_names:
+            raise ValueError(
+                f"text_field {field!r} is missing from the records of {where}; their fields are "
+                f"{dataset.column_names}. Set text_field to the field that holds the text."
+            )
+        feature = dataset.features[field]
+        dtype = feature.dtype if isinstance(feature, datasets.Value) else type(feature).__name__
+        if dtype not in ("string", "large_string"):
+            raise ValueError(
+                f"text_field {field!r} holds {dtype} values instead of text in the records of {where}. Set "
+                "text_field to the field that holds the document text, or drop records without text."
+            )
+        dataset = dataset.select_columns([field])
+        if field != "text":
+            dataset = dataset.rename_column(field, "text")
+        parts.append((dataset, where))
+    if len(parts) == 1:
+        return parts[0]
+    # One text type for every part, so parts read by different builders can be concatenated.
+    joined = [
+        d if d.features["text"].dtype == "large_string" else d.cast_column("text", datasets.Value("large_string"))
+        for d, _ in parts
+    ]
+    return datasets.concatenate_datasets(joined), "; ".join(w for _, w in parts)
+
+
+def _pack_split(
+    dataset,
+    where: str,
+    *,
+    split: str,
+    source: TextSource,
+    tokenizer,
+    dtype: np.dtype,
+    out: Path,
+    work: Path,
+    num_proc: int,
+    shard_tokens: int,
+    cache_name: str,
+) -> dict:
+    """Shuffle one split's documents, tokenize and pack them into shards under `out`; its manifest entry."""
+    vocab_size, bos, eos = len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id
+    permutation = document_order(len(dataset), source.shuffle_seed, split)
+    if source.shuffle_seed is not None:
+        dataset = dataset.select(permutation)
+    log.info("Tokenizing %s (%d documents)", where, len(dataset))
+    packed = dataset.map(
+        _pack_batch,
+        batched=True,
+        batch_size=_BATCH_DOCUMENTS,
+        remove_columns=dataset.column_names,
+        fn_kwargs={"field": "text", "tokenizer": tokenizer, "bos": bos, "eos": eos},
+        num_proc=num_proc if num_proc > 1 else None,
+        cache_file_name=str(work / f"{split}.arrow"),
+        # An explicit fingerprint spares `datasets` from hashing the tokenizer; the cache file is private to
+        # this run anyway.
+        new_fingerprint=hashlib.sha256(f"{cache_name}/{split}".encode()).hexdigest()[:16],
+        load_from_cache_file=False,
+        desc=f"Tokenizing {split}",
+    )
+    writer = _ShardWriter(out, split, dtype, shard_tokens)
+    all_lengths: list[np.ndarray] = []
+    for table in packed.with_format("arrow").iter(batch_size=_BATCH_DOCUMENTS):
+        column = table.column("input_ids").combine_chunks()
+        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        values = column.flatten().to_numpy(zero_copy_only=False)
+        # The model's embedding is sized from len(tokenizer); an id beyond it would fail (or, in uint16, wrap
+        # around) far from here.
+        if values.size and int(values.max()) >= vocab_size:
+            raise ValueError(
+                f"The tokenizer produced id {int(values.max())} but has only {vocab_size} entries "
+                "(len(tokenizer)); its vocabulary is inconsistent. Use a tokenizer whose ids are all below "
+                "len(tokenizer)."
+            )
+        writer.write(values)
+        all_lengths.append(lengths.astype(np.int64))
+    shards = writer.close()
+    lengths = np.concatenate(all_lengths) if all_lengths else np.empty(0, dtype=np.int64)
+    tokens = int(lengths.sum())
+    empty = int(np.count_nonzero(lengths == 0))
+    if tokens == 0:
+        raise ValueError(
+            f"Split {split!r} of the {source.kind!r} source yields zero tokens ({empty} empty documents). "
+            "Point it at data that contains text, or remove the split."
+        )
+    np.save(out / document_order_file(split), permutation.astype("<i8"))
+    np.save(out / document_ends_file(split), np.cumsum(lengths).astype("<i8"))
+    return {
+        "tokens": tokens,
+        "documents": int(lengths.size) - empty,
+        "empty_documents_skipped": empty,
+        "order": {
+            "shuffle_seed": source.shuffle_seed,
+            "documents": int(permutation.size),
+            "sha256": order_sha256(permutation),
+            "permutation_file": document_order_file(split),
+            "document_ends_file": document_ends_file(split),
+        },
+        "shards": shards,
+    }
+
+
+def document_order_file(split: str) -> str:
+    """Name of the file holding a split's document order: int64, the source index of each packed document."""
+    return f"{split}-order.npy"
+
+
+def document_ends_file(split: str) -> str:
+    """Name of the file holding a split's document ends: int64 cumulative token end offset per packed document."""
+    return f"{split}-documents.npy"
+
+
 def prepare_tokens(
     source: TextSource,
     tokenizer,
@@ -338,7 +500,8 @@ def prepare_tokens(
             another shard size holds the same tokens and is reused.
 
     Returns:
-        The prepared directory `out_root/<key>` holding `manifest.json` and the shard files.
+        The prepared directory `out_root/<key>` holding `manifest.json`, the shard files and, per split, the
+        document order (`<split>-order.npy`) and document ends (`<split>-documents.npy`).
 
     Raises:
         ValueError: a path or glob matching nothing ("missing data path"), an unsupported extension, a
@@ -363,7 +526,7 @@ def prepare_tokens(
     fingerprint = source_fingerprint(source)
     identity = tokenizer_identity(tokenizer)
     root = Path(out_root) if out_root is not None else cache_root() / "tokens"
-    final = root / prepared_tokens_key(fingerprint, identity)
+    final = root / prepared_tokens_key(fingerprint, identity, source.shuffle_seed)
     sweep_stale_temporaries(root)  # work and output directories of prepare steps that were killed
     if (final / MANIFEST_NAME).is_file():
         log.info("Prepared tokens found at %s; nothing to do.", final)
@@ -381,61 +544,25 @@ def prepare_tokens(
     splits: dict[str, dict] = {}
     with scratch_dir(root, "prepare") as work, atomic_dir(final) as tmp:
         for split in source.split_names():
-            writer = _ShardWriter(tmp, split, dtype, shard_tokens)
-            documents = empty = tokens = 0
-            for index, (dataset, field, where) in enumerate(_load_split(source, split, files, work, num_proc)):
-                if field not in dataset.column_names:
-                    raise ValueError(
-                        f"text_field {field!r} is missing from the records of {where}; their fields are "
-                        f"{dataset.column_names}. Set text_field to the field that holds the text."
-                    )
-                log.info("Tokenizing %s (%d documents)", where, len(dataset))
-                packed = dataset.map(
-                    _pack_batch,
-                    batched=True,
-                    batch_size=_BATCH_DOCUMENTS,
-                    remove_columns=dataset.column_names,
-                    fn_kwargs={"field": field, "tokenizer": tokenizer, "bos": bos, "eos": eos},
-                    num_proc=num_proc if num_proc > 1 else None,
-                    cache_file_name=str(work / f"{split}-{index}.arrow"),
-                    # An explicit fingerprint spares `datasets` from hashing the tokenizer; the cache file is
-                    # private to this run anyway.
-                    new_fingerprint=hashlib.sha256(f"{final.name}/{split}/{index}".encode()).hexdigest()[:16],
-                    load_from_cache_file=False,
-                    desc=f"Tokenizing {split}",
-                )
-                for table in packed.with_format("arrow").iter(batch_size=_BATCH_DOCUMENTS):
-                    column = table.column("input_ids").combine_chunks()
-                    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
-                    values = column.flatten().to_numpy(zero_copy_only=False)
-                    empty += int(np.count_nonzero(lengths == 0))
-                    documents += int(np.count_nonzero(lengths))
-                    # The model's embedding is sized from len(tokenizer); an id beyond it would fail (or, in
-                    # uint16, wrap around) far from here.
-                    if values.size and int(values.max()) >= vocab_size:
-                        raise ValueError(
-                            f"The tokenizer produced id {int(values.max())} but has only {vocab_size} entries "
-                            "(len(tokenizer)); its vocabulary is inconsistent. Use a tokenizer whose ids are all "
-                            "below len(tokenizer)."
-                        )
-                    writer.write(values)
-                    tokens += int(values.size)
-            shards = writer.close()
-            if tokens == 0:
-                raise ValueError(
-                    f"Split {split!r} of the {source.kind!r} source yields zero tokens ({empty} empty documents). "
-                    "Point it at data that contains text, or remove the split."
-                )
-            splits[split] = {
-                "tokens": tokens,
-                "documents": documents,
-                "empty_documents_skipped": empty,
-                "shards": shards,
-            }
+            dataset, where = _load_split(source, split, files, work, num_proc)
+            splits[split] = _pack_split(
+                dataset,
+                where,
+                split=split,
+                source=source,
+                tokenizer=tokenizer,
+                dtype=dtype,
+                out=tmp,
+                work=work,
+                num_proc=num_proc,
+                shard_tokens=shard_tokens,
+                cache_name=final.name,
+            )
         manifest = {
             "format": MANIFEST_FORMAT,
             "source": dataclasses.asdict(source),
             "source_fingerprint": fingerprint,
+            "shuffle_seed": source.shuffle_seed,
             "tokenizer": {
                 "identity": identity,
                 "vocab_size": vocab_size,

@@ -175,3 +175,27 @@ def window_tokens(store: TokenStore, resolved: ResolvedSlice, index: int, seq_le
         )
     start = resolved.start + index * seq_len
     return store.read(resolved.split, start, start + seq_len + 1)
+
+
+def spread_windows(total_windows: int, count: int | None) -> np.ndarray:
+    """Which windows of a slice to evaluate: `count` of them spread evenly over the whole slice.
+
+    Window indices `round(linspace(0, total_windows - 1, count))`: the first and the last window and evenly
+    strided ones between, so a capped evaluation samples the whole slice rather than its beginning (a slice
+    packed from a source in a meaningful order would otherwise be judged on one corner of it). Deterministic:
+    the same windows in every run and every arm.
+
+    Args:
+        total_windows: windows in the slice (`num_windows(slice tokens, seq_len)`), >= 1.
+        count: windows wanted (>= 1), or None for all of them; more than `total_windows` gives all of them.
+
+    Returns:
+        Sorted, distinct int64 window indices.
+    """
+    if not isinstance(total_windows, int | np.integer) or isinstance(total_windows, bool) or total_windows < 1:
+        raise ValueError(f"total_windows={total_windows!r} must be a positive integer (windows in the slice).")
+    if count is not None and (not isinstance(count, int | np.integer) or isinstance(count, bool) or count < 1):
+        raise ValueError(f"count={count!r} must be a positive integer or None (all windows).")
+    if count is None or count >= total_windows:
+        return np.arange(total_windows, dtype=np.int64)
+    return np.unique(np.linspace(0, total_windows - 1, int(count)).round().astype(np.int64))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from litprune.data.prepare import MANIFEST_FORMAT, MANIFEST_NAME
+from litprune.data.prepare import MANIFEST_FORMAT, MANIFEST_NAME, READABLE_MANIFEST_FORMATS
 
 
 class TokenStore:
@@ -43,10 +43,11 @@ class TokenStore:
                 "Pass the directory returned by litprune.data.prepare.prepare_tokens."
             )
         self._manifest = json.loads(manifest_path.read_text())
-        if self._manifest.get("format") != MANIFEST_FORMAT:
+        if self._manifest.get("format") not in READABLE_MANIFEST_FORMATS:
             raise ValueError(
                 f"{str(manifest_path)!r} has format {self._manifest.get('format')!r}; this version of litprune reads "
-                f"format {MANIFEST_FORMAT}. Prepare the tokens again with this version."
+                f"formats {list(READABLE_MANIFEST_FORMATS)} (writes {MANIFEST_FORMAT}). Prepare the tokens again with "
+                "this version."
             )
         self._dtype = np.dtype(self._manifest["dtype"]).newbyteorder("<")
         # Per split: shard file names and the token offset where each shard starts (plus the total at the end).
@@ -127,6 +128,34 @@ class TokenStore:
         """Non-empty documents packed into a split."""
         self._check_split(split)
         return int(self._manifest["splits"][split]["documents"])
+
+    def order(self, split: str) -> dict | None:
+        """How a split's documents were ordered before packing: `{"shuffle_seed", "documents", "sha256"}`
+        (`shuffle_seed` None: source order), or None for a format-1 directory, which predates the record."""
+        self._check_split(split)
+        order = self._manifest["splits"][split].get("order")
+        if order is None:
+            return None
+        return {key: order[key] for key in ("shuffle_seed", "documents", "sha256")}
+
+    def document_order(self, split: str) -> np.ndarray:
+        """The source index of each packed document of a split, in pack order (int64; empty documents included)."""
+        return self._document_file(split, "permutation_file")
+
+    def document_ends(self, split: str) -> np.ndarray:
+        """The token end offset of each packed document of a split, in pack order (int64, cumulative; an empty
+        document adds zero tokens). Document k covers tokens `[ends[k - 1], ends[k])`, with `ends[-1]` 0."""
+        return self._document_file(split, "document_ends_file")
+
+    def _document_file(self, split: str, key: str) -> np.ndarray:
+        self._check_split(split)
+        order = self._manifest["splits"][split].get("order")
+        if order is None:
+            raise ValueError(
+                f"{str(self.path)!r} was prepared in manifest format {self._manifest['format']}, which records no "
+                "document order. Prepare the tokens again with this version of litprune."
+            )
+        return np.load(self.path / order[key]).astype(np.int64, copy=False)
 
     def _map(self, file: Path) -> np.memmap:
         array = self._maps.get(file)

@@ -47,7 +47,7 @@ from typing import Any
 from lightning.pytorch import Callback
 
 from litprune.eval.offline_tasks import DEFAULT_MAX_EXAMPLES, OfflineTask, prepare_offline_task
-from litprune.eval.perplexity import PAPER_MAX_WINDOWS, window_length_for
+from litprune.eval.perplexity import PAPER_MAX_WINDOWS, choose_window_length
 from litprune.eval.tasks import TaskSpec, resolve_tasks
 from litprune.eval.text_sources import TextSource, load_documents, load_text_source, parse_source_spec
 
@@ -62,7 +62,8 @@ class EvalCallback(Callback):
         at_fit_end: evaluate when training ends.
         batch_size: lm-eval requests per forward pass.
         limit: evaluate only the first N examples of each task (cheap in-training signals).
-        seq_len: perplexity window; default the paper's 8192 or the model's context length if shorter.
+        seq_len: perplexity window; default the run's training `seq_len` (`trainer.datamodule.seq_len`), as
+            `litprune eval` uses for the export, else the paper's 8192 or the model's context length if shorter.
         max_windows: at most this many perplexity windows per source.
         num_fewshot: few-shot examples per prompt.
         task_documents: text source spec to build the offline tasks from; default the embedded held-out split.
@@ -71,6 +72,7 @@ class EvalCallback(Callback):
         ppl_batch_size: perplexity windows per forward pass.
         dirpath: directory for the JSON files; default the checkpoint directory, else the trainer's log_dir.
         add_bos_token: BOS in front of every task request (true/false); default the tokenizer's own behaviour.
+        task_seed: seed of the offline tasks' example sampling and order (`limit` keeps the first examples).
 
     Raises:
         ValueError: invalid arguments (all listed at once), an unknown task (with close matches) or an unknown
@@ -94,6 +96,7 @@ class EvalCallback(Callback):
         ppl_batch_size: int = 1,
         dirpath: str | None = None,
         add_bos_token: bool | None = None,
+        task_seed: int = 0,
     ) -> None:
         problems = []
         if not isinstance(tasks, list | tuple) or not isinstance(perplexity, list | tuple):
@@ -118,6 +121,8 @@ class EvalCallback(Callback):
             problems.append(f"seq_len={seq_len!r} must be an integer of at least 2, or None")
         if not isinstance(num_fewshot, int) or num_fewshot < 0:
             problems.append(f"num_fewshot={num_fewshot!r} must be 0 or more")
+        if not isinstance(task_seed, int) or isinstance(task_seed, bool) or task_seed < 0:
+            problems.append(f"task_seed={task_seed!r} must be a non-negative integer")
         if problems:
             raise ValueError("EvalCallback: invalid arguments:\n  " + "\n  ".join(problems))
         self.specs: list[TaskSpec] = resolve_tasks(list(tasks)) if tasks else []
@@ -138,6 +143,7 @@ class EvalCallback(Callback):
         self.ppl_batch_size = ppl_batch_size
         self.dirpath = dirpath
         self.add_bos_token = add_bos_token
+        self.task_seed = task_seed
         self.next_eval_tokens: int | None = every_n_tokens
         self.last_eval_tokens: int | None = None
         self.records: list[dict[str, Any]] = []
@@ -169,7 +175,7 @@ class EvalCallback(Callback):
 
         check_tokenizer_fits(model, self._tokenizer)
         if self.perplexity:
-            window_length_for(model, self.seq_len)
+            self._window(trainer, model)
         if trainer.is_global_zero:
             self._prepare_inputs()
 
@@ -222,7 +228,7 @@ class EvalCallback(Callback):
                 self.num_fewshot,
                 add_bos_token=self.add_bos_token,
             )
-        window = window_length_for(model, self.seq_len)
+        window, window_rule = self._window(trainer, model)
         ppl = [
             perplexity_entry(model, self._tokenizer, source, window, self.max_windows, self.ppl_batch_size)
             for source in self._sources or []
@@ -249,9 +255,12 @@ class EvalCallback(Callback):
                 "limit": self.limit,
                 "num_fewshot": self.num_fewshot,
                 "seq_len": window,
+                "seq_len_source": window_rule,
                 "max_windows": self.max_windows,
+                "window_selection": "spread",
                 "task_documents": self.task_documents or "embedded:test",
                 "max_examples": self.max_examples,
+                "task_seed": self.task_seed,
                 "add_bos_token": self.add_bos_token,
             },
             "tasks": [result.to_dict() for result in task_results],
@@ -268,11 +277,18 @@ class EvalCallback(Callback):
             self._sources = [load_text_source(spec) for spec in self.perplexity]
         if self._offline is None:
             documents = load_documents(self.task_documents) if self.task_documents is not None else None
+            size, seed = self.max_examples, self.task_seed
             self._offline = {
-                spec.name: prepare_offline_task(spec.name, documents, max_examples=self.max_examples)
+                spec.name: prepare_offline_task(spec.name, documents, max_examples=size, seed=seed)
                 for spec in self.specs
                 if spec.offline
             }
+
+    def _window(self, trainer: Any, model: Any) -> tuple[int, str]:
+        # The same rule as `litprune eval` on the export: explicit, else the training seq_len, else the context.
+        training = getattr(getattr(trainer, "datamodule", None), "seq_len", None)
+        training = int(training) if isinstance(training, int) and not isinstance(training, bool) else None
+        return choose_window_length(model, self.seq_len, training, "trainer.datamodule.seq_len")
 
     def _model(self, pl_module: Any) -> Any:
         model = getattr(pl_module, "model", None)

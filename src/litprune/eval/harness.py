@@ -19,11 +19,17 @@ Why lm-eval's Python API is often much slower than its CLI (lm-eval issue 3207),
 4. `simple_evaluate` reseeds Python, NumPy and torch globally and `HFLM` switches the model to eval mode and
    mutates the tokenizer (it sets a padding token). Inside training, those are silent side effects: the model's
    flag and device and all random states are restored afterwards, and lm-eval gets a copy of the tokenizer.
+
+Per-example values: lm-eval is run with `log_samples=True`, and each `TaskResult` keeps, of those samples, only the
+reported metric's value for every example with its `doc_id`, in document order (`TaskResult.per_example`), plus a
+hash of the documents. Two models evaluated with the same settings can then be compared example by example (a
+paired bootstrap of their difference), and the hash says whether they really saw the same documents.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import random
 from collections.abc import Iterator, Sequence
@@ -105,6 +111,11 @@ class TaskResult:
         offline: True for litprune's generated tasks.
         lm_eval_task: the name lm-eval ran the task under: for an offline task the generated variant
             (`litprune_next_line_<corpus>_n<N>_s<seed>_g<version>`), else `task`.
+        per_example: the reported metric on every evaluated example, for paired comparisons between models:
+            `{"metric": str, "filter": "none", "values": [float] * num_examples, "doc_ids": [int] * num_examples,
+            "docs_sha256": str}`, sorted by `doc_id` (the task's document order); `docs_sha256` hashes lm-eval's
+            per-document hashes in that order, so equal digests mean the same documents. None when lm-eval gives
+            no numeric per-example value for the metric (corpus-level metrics such as BLEU).
     """
 
     task: str
@@ -119,6 +130,7 @@ class TaskResult:
     metrics: dict[str, float] = field(default_factory=dict)
     offline: bool = False
     lm_eval_task: str | None = None
+    per_example: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
@@ -136,6 +148,7 @@ def evaluate_tasks(
     task_documents: Sequence[Document] | None = None,
     max_examples: int = DEFAULT_MAX_EXAMPLES,
     add_bos_token: bool | None = None,
+    task_seed: int = 0,
 ) -> list[TaskResult]:
     """Run lm-eval tasks on a live model and return one result per task.
 
@@ -151,6 +164,7 @@ def evaluate_tasks(
         task_documents: documents for the offline tasks; None uses the embedded corpus's held-out split.
         max_examples: size of each generated offline task.
         add_bos_token: see `LiveHFLM`.
+        task_seed: seed of the offline tasks' example sampling and order (`limit` keeps the first examples).
 
     Returns:
         `TaskResult`s in the order the tasks were resolved.
@@ -166,7 +180,7 @@ def evaluate_tasks(
     check_tokenizer_fits(model, tokenizer)
     specs = resolve_tasks(tasks)
     offline = {
-        spec.name: prepare_offline_task(spec.name, task_documents, max_examples=max_examples)
+        spec.name: prepare_offline_task(spec.name, task_documents, max_examples=max_examples, seed=task_seed)
         for spec in specs
         if spec.offline
     }
@@ -226,7 +240,7 @@ def _simple_evaluate(lm: Any, task_args: list[str], manager: Any, limit: int | N
         task_dict=loaded,
         limit=limit,
         bootstrap_iters=100000,
-        log_samples=False,
+        log_samples=True,  # per-example values for paired comparisons; `_per_example` keeps only those
         fewshot_as_multiturn=True,
         verbosity=None,
     )
@@ -268,7 +282,26 @@ def _task_result(output: dict[str, Any], spec: TaskSpec, lm_eval_name: str) -> T
         metrics=metrics,
         offline=spec.offline,
         lm_eval_task=lm_eval_name,
+        per_example=_per_example(output.get("samples", {}).get(lm_eval_name), metric),
     )
+
+
+def _per_example(samples: list[dict[str, Any]] | None, metric: str) -> dict[str, Any] | None:
+    """The compact per-example record of `TaskResult.per_example` from lm-eval's logged samples of one task."""
+    rows = [sample for sample in samples or [] if sample.get("filter") == "none" and metric in sample]
+    if not rows or not all(isinstance(row[metric], int | float) for row in rows):
+        return None
+    rows.sort(key=lambda row: row["doc_id"])
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(f"{row['doc_id']}:{row.get('doc_hash', '')}\n".encode())
+    return {
+        "metric": metric,
+        "filter": "none",
+        "values": [float(row[metric]) for row in rows],
+        "doc_ids": [int(row["doc_id"]) for row in rows],
+        "docs_sha256": digest.hexdigest(),
+    }
 
 
 @contextmanager

@@ -10,18 +10,21 @@ acc_norm), so a tiny model trained on a laptop gets accuracy numbers from the sa
 | `litprune_next_line` | the 4 lines before a line of a file; choose the true next line among 4 (3 from other files) |
 | `litprune_next_span` | the 48 words before a position; choose the true next 8 words among 4 (3 from other files) |
 
-Generation is deterministic: the same documents, task and parameters give byte-identical data. Examples are
-drawn with a seeded `random.Random` over the documents in the order given.
+Generation is deterministic: the same documents, task, parameters and seed give byte-identical data. Examples are
+drawn with a seeded `random.Random` over the documents in the order given, and the data file lists them in a
+seeded shuffled order, not in document order: lm-eval's `limit: N` keeps the first N examples, which are then a
+random sample of all documents rather than the first files alphabetically. A different `seed` gives a different
+sample (and a different variant, below).
 
 Each generated variant is an lm-eval task of its own, named after everything that shapes its data:
-`<task>_<corpus>_n<max_examples>_s<seed>_g<generator version>` (e.g. `litprune_next_line_3fa2b1c0_n500_s0_g1`,
+`<task>_<corpus>_n<max_examples>_s<seed>_g<generator version>` (e.g. `litprune_next_line_3fa2b1c0_n500_s0_g2`,
 `<corpus>` = the first 8 hex digits of the documents' sha256), so a 100-example variant made by another run can
 never stand in for a 500-example one. Inside litprune the tasks keep their short names (`litprune_next_line`,
 the `offline` preset); the record of an evaluation names the variant that ran. On disk:
 
     cache_root()/eval_tasks/corpus-<documents sha256[:16]>/     one folder per set of documents: the include path
-        litprune_next_line_3fa2b1c0_n500_s0_g1/                 one folder per variant
-            litprune_next_line_3fa2b1c0_n500_s0_g1.yaml         lm-eval task (from `task_templates/`)
+        litprune_next_line_3fa2b1c0_n500_s0_g2/                 one folder per variant
+            litprune_next_line_3fa2b1c0_n500_s0_g2.yaml         lm-eval task (from `task_templates/`)
             data.jsonl, manifest.json
 
 One `--include_path` (the corpus folder) therefore serves every variant to lm-eval's own CLI, which honours only
@@ -44,8 +47,10 @@ from litprune.eval.text_sources import Document, embedded_documents
 
 NEXT_LINE = "litprune_next_line"
 NEXT_SPAN = "litprune_next_span"
-GENERATOR_VERSION = 1
-"""Bump when generation changes, so cached data from an older generator is never reused."""
+GENERATOR_VERSION = 2
+"""Bump when generation changes, so cached data from an older generator is never reused.
+
+Version 2 lists the examples in a seeded shuffled order; version 1 kept document order."""
 
 DEFAULT_MAX_EXAMPLES = 500
 _MAX_DRAWS_PER_DISTRACTOR = 50
@@ -68,6 +73,7 @@ class OfflineTask:
         fingerprint: sha256 of generator version, parameters and documents.
         num_documents: documents the examples were drawn from.
         corpus_fingerprint: sha256 of the documents alone (shared by every variant made from them).
+        seed: seed of the sampling and of the example order.
     """
 
     name: str
@@ -78,6 +84,7 @@ class OfflineTask:
     fingerprint: str
     num_documents: int
     corpus_fingerprint: str
+    seed: int
 
     @property
     def directory(self) -> Path:
@@ -108,14 +115,15 @@ def next_line_examples(
     Args:
         documents: (name, text) pairs, in a fixed order.
         max_examples: at most this many examples, sampled evenly at random (seeded) from all targets.
-        seed: seed of the sampling.
+        seed: seed of the sampling and of the (shuffled) order of the examples.
         context_lines: lines of context shown before the target.
         num_choices: candidates per example, the true line included.
         min_chars: shortest eligible line (stripped).
         max_chars: longest eligible line.
 
     Returns:
-        Dicts with `id`, `source` (document name), `line` (1-based), `context`, `choices`, `label`.
+        Dicts with `id` (position in the list), `source` (document name), `line` (1-based), `context`, `choices`,
+        `label`, in a seeded shuffled order: any prefix of the list is a random sample of all targets.
 
     Raises:
         OfflineTaskError: fewer than two documents with eligible lines.
@@ -172,13 +180,14 @@ def next_span_examples(
     Args:
         documents: (name, text) pairs, in a fixed order.
         max_examples: at most this many examples, sampled evenly at random (seeded) from all targets.
-        seed: seed of the sampling.
+        seed: seed of the sampling and of the (shuffled) order of the examples.
         context_words: words of context shown.
         span_words: words per candidate span.
         num_choices: candidates per example, the true span included.
 
     Returns:
-        Dicts with `id`, `source`, `word` (0-based index of the span's first word), `context`, `choices`, `label`.
+        Dicts with `id` (position in the list), `source`, `word` (0-based index of the span's first word), `context`,
+        `choices`, `label`, in a seeded shuffled order: any prefix of the list is a random sample of all targets.
 
     Raises:
         OfflineTaskError: fewer than two documents long enough for a span.
@@ -235,7 +244,8 @@ def prepare_offline_task(
         name: `litprune_next_line` or `litprune_next_span`.
         documents: (name, text) pairs; None uses the held-out `test` split of the embedded corpus.
         max_examples: cap on the number of examples.
-        seed: seed of example sampling.
+        seed: seed of example sampling and of the order of the examples in the data file (lm-eval's `limit` keeps
+            the first ones, so the seed picks which examples a limited run sees).
         cache_dir: parent directory of the generated tasks; default `cache_root()/eval_tasks`.
 
     Returns:
@@ -249,6 +259,8 @@ def prepare_offline_task(
         raise OfflineTaskError(f"Unknown offline task {name!r}; offline tasks are {sorted(GENERATORS)}.")
     if not isinstance(max_examples, int) or max_examples < 1:
         raise OfflineTaskError(f"max_examples={max_examples!r} must be a positive integer.")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise OfflineTaskError(f"seed={seed!r} must be a non-negative integer.")
     docs = list(documents) if documents is not None else embedded_documents()
     params = {"max_examples": max_examples, "seed": seed}
     fingerprint = _fingerprint(name, params, docs)
@@ -275,6 +287,7 @@ def prepare_offline_task(
         fingerprint=fingerprint,
         num_documents=len(docs),
         corpus_fingerprint=corpus,
+        seed=seed,
     )
 
 
@@ -335,9 +348,9 @@ def _check_sources(name: str, sources: set[int], targets: list[tuple[int, int]])
 
 
 def _sample(targets: list[tuple[int, int]], max_examples: int, rng: random.Random) -> list[tuple[int, int]]:
-    if len(targets) <= max_examples:
-        return targets
-    return [targets[k] for k in sorted(rng.sample(range(len(targets)), max_examples))]
+    # A seeded sample in random order (a shuffle of all targets when there are few): the examples are written in this
+    # order, so the first `limit` of them that lm-eval keeps are spread over every document.
+    return rng.sample(targets, min(max_examples, len(targets)))
 
 
 def _draws(pool: list[Any], rng: random.Random, limit: int = 4 * _MAX_DRAWS_PER_DISTRACTOR) -> Iterator[Any]:

@@ -4,23 +4,31 @@ The protocol (paper, "Evaluation protocol"; reference code llm-pruning-collectio
 `pruning/minitron/utils.py::get_ppl`):
 
 1. The whole text is tokenized once, without special tokens, and a single BOS id is put in front
-   (`[BOS] + encode(text)`; the EOS id stands in when the tokenizer has no BOS).
-2. The stream is cut into `n = min(len // window_length, max_windows)` non-overlapping windows of exactly
-   `window_length` tokens, in order; the tail shorter than a window is dropped.
-3. Each window is one forward pass; position t predicts token t+1, so a window contributes
+   (`[BOS] + encode(text)`; the EOS id stands in when the tokenizer has no BOS). Only the stream's first window
+   starts with it; no window gets a BOS of its own.
+2. The stream is cut into `len // window_length` non-overlapping windows of exactly `window_length` tokens
+   (window k = tokens `[k * window_length, (k + 1) * window_length)`); the tail shorter than a window is dropped.
+3. At most `max_windows` of them are evaluated. Selection `spread` (the default) takes windows evenly spread over
+   the whole stream, `np.linspace(0, available - 1, max_windows).round()` de-duplicated, so a capped evaluation
+   reads the whole text and not one corner of it; `first` takes the first `max_windows`, as the reference code
+   does. With no more windows than the cap, both take them all.
+4. Each window is one forward pass; position t predicts token t+1, so a window contributes
    `window_length - 1` predicted tokens (its first token is context only).
-4. PPL = exp(sum of token cross-entropies / number of predicted tokens), computed in float32 or wider.
+5. PPL = exp(sum of token cross-entropies / number of predicted tokens), computed in float32 or wider.
 
 Because the numbers that do not reproduce across papers differ exactly in the split, the window length and
-the number of windows, every `PerplexityResult` states all of them, with the token counts.
+the number and choice of windows, every `PerplexityResult` states all of them, with the token counts, and the
+mean loss of every window (`window_nll`, with `window_starts`), so two models evaluated on the same text and
+tokenizer can be compared window by window (paired).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +38,8 @@ from litprune.models.positions import check_seq_len
 
 PAPER_WINDOW_LENGTH = 8192
 PAPER_MAX_WINDOWS = 256
+WINDOW_SELECTIONS = ("spread", "first")
+"""How `max_windows` windows are chosen among more: evenly spread over the stream, or the first ones."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,11 @@ class PerplexityResult:
         text_tokens: tokens in the whole tokenized text, BOS included.
         max_windows: the cap on windows that was in force.
         text_sha256: hash of the text, when known, to check that two results share their text.
+        selection: how the windows were chosen when more were available than `max_windows` (`spread` or
+            `first`, see the module docstring).
+        window_starts: token offset of each evaluated window in the stream, in order (`num_windows` ints).
+        window_nll: mean cross-entropy (nats) of each window's predicted tokens, in the order of `window_starts`.
+        window_tokens: predicted tokens of each window (`window_length - 1` each).
     """
 
     source: str
@@ -59,10 +74,53 @@ class PerplexityResult:
     text_tokens: int
     max_windows: int
     text_sha256: str | None = None
+    selection: str = "spread"
+    window_starts: list[int] = field(default_factory=list)
+    window_nll: list[float] = field(default_factory=list)
+    window_tokens: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
         return asdict(self)
+
+
+SEQ_LEN_SOURCES = ("explicit", "training", "model_context")
+"""Which rule picked the perplexity window: the caller's seq_len, the producing run's training seq_len, or the
+paper's 8192 capped at the model's context length."""
+
+
+def choose_window_length(
+    model: Any, requested: int | None, training_seq_len: int | None = None, training_source: str | None = None
+) -> tuple[int, str]:
+    """The window to use and the rule that picked it (one of `SEQ_LEN_SOURCES`).
+
+    `requested` when given (`explicit`); else the producing run's training `seq_len` when known (`training`): the
+    model is scored on windows as long as those it was trained on; else the paper's 8192 capped at the model's
+    `max_position_embeddings` (`model_context`).
+
+    Args:
+        model: the model (its `config.max_position_embeddings` bounds the window).
+        requested: the caller's window length, or None.
+        training_seq_len: the training run's `seq_len`, or None when unknown.
+        training_source: where `training_seq_len` was read (named in the error).
+
+    Raises:
+        ValueError: the requested or training window exceeds the model's context length.
+    """
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    context_default = min(PAPER_WINDOW_LENGTH, max_positions or PAPER_WINDOW_LENGTH)
+    if requested is not None:
+        check_seq_len(requested, model.config, name="seq_len", remedy=f"leave seq_len unset to use {context_default}")
+        return requested, "explicit"
+    if training_seq_len is not None:
+        if max_positions is not None and training_seq_len > max_positions:
+            where = f" (read from {training_source})" if training_source else ""
+            raise ValueError(
+                f"The training run's seq_len={training_seq_len}{where} exceeds the model's max_position_embeddings="
+                f"{max_positions}, so it cannot be the perplexity window; pass seq_len (at most {max_positions})."
+            )
+        return int(training_seq_len), "training"
+    return context_default, "model_context"
 
 
 def window_length_for(model: Any, requested: int | None) -> int:
@@ -71,16 +129,7 @@ def window_length_for(model: Any, requested: int | None) -> int:
     Raises:
         ValueError: `requested` exceeds the model's context length.
     """
-    max_positions = getattr(model.config, "max_position_embeddings", None)
-    if requested is None:
-        return min(PAPER_WINDOW_LENGTH, max_positions or PAPER_WINDOW_LENGTH)
-    check_seq_len(
-        requested,
-        model.config,
-        name="seq_len",
-        remedy=f"leave seq_len unset to use {min(PAPER_WINDOW_LENGTH, max_positions or PAPER_WINDOW_LENGTH)}",
-    )
-    return requested
+    return choose_window_length(model, requested)[0]
 
 
 def tokenize_once(tokenizer: Any, text: str) -> list[int]:
@@ -99,20 +148,72 @@ def tokenize_once(tokenizer: Any, text: str) -> list[int]:
     return [int(prefix), *ids]
 
 
+@dataclass(frozen=True)
+class WindowLosses:
+    """Losses of the evaluated windows of one token stream.
+
+    Attributes:
+        total: sum of the token cross-entropies of every window, in nats.
+        num_tokens: predicted tokens, `num_windows * (window_length - 1)`.
+        num_windows: windows evaluated.
+        starts: token offset of each window in the stream, increasing.
+        window_sums: sum of each window's token cross-entropies, in the order of `starts`.
+        window_tokens: predicted tokens of each window.
+    """
+
+    total: float
+    num_tokens: int
+    num_windows: int
+    starts: list[int]
+    window_sums: list[float]
+    window_tokens: list[int]
+
+    @property
+    def window_means(self) -> list[float]:
+        """Mean cross-entropy of each window's predicted tokens."""
+        return [loss / tokens for loss, tokens in zip(self.window_sums, self.window_tokens, strict=True)]
+
+
+def select_windows(available: int, max_windows: int, selection: str = "spread") -> list[int]:
+    """Indices of the windows to evaluate among `available` consecutive ones (see the module docstring).
+
+    `spread`: `np.linspace(0, available - 1, max_windows)` rounded and de-duplicated, so the first and the last
+    window are always in and the others evenly between; `first`: `range(max_windows)`. Either gives every window
+    when `available <= max_windows`.
+
+    Raises:
+        ValueError: an unknown selection.
+    """
+    if selection not in WINDOW_SELECTIONS:
+        raise ValueError(f"selection={selection!r} must be one of {', '.join(WINDOW_SELECTIONS)}.")
+    if available <= max_windows:
+        return list(range(available))
+    if selection == "first":
+        return list(range(max_windows))
+    return sorted({int(k) for k in np.linspace(0, available - 1, max_windows).round()})
+
+
 def windowed_nll(
-    model: Any, token_ids: list[int] | torch.Tensor, window_length: int, max_windows: int, batch_size: int = 1
-) -> tuple[float, int, int]:
-    """Sum of next-token cross-entropies over the protocol's windows of an already tokenized stream.
+    model: Any,
+    token_ids: list[int] | torch.Tensor,
+    window_length: int,
+    max_windows: int,
+    batch_size: int = 1,
+    selection: str = "spread",
+) -> WindowLosses:
+    """Next-token cross-entropies over the protocol's windows of an already tokenized stream.
 
     Args:
         model: a causal LM returning `.logits`; evaluated in eval mode, its flag restored afterwards.
         token_ids: the whole stream, BOS first.
         window_length: tokens per window.
-        max_windows: at most this many windows, taken from the start.
+        max_windows: at most this many windows.
         batch_size: windows per forward pass (results do not depend on it beyond float rounding).
+        selection: which windows when more than `max_windows` are available: `spread` (evenly over the stream)
+            or `first`.
 
     Returns:
-        (sum of losses in nats, number of predicted tokens, number of windows).
+        The total and per-window losses with their token counts.
 
     Raises:
         ValueError: the stream is shorter than one window, or an argument is out of range.
@@ -127,20 +228,29 @@ def windowed_nll(
             f"The text has {ids.numel()} tokens, fewer than one window of {window_length}. Use a longer text or a "
             "shorter window (seq_len)."
         )
-    count = min(available, max_windows)
-    windows = ids[: count * window_length].view(count, window_length)  # [n, W]
-    total = 0.0
+    chosen = select_windows(available, max_windows, selection)
+    all_windows = ids[: available * window_length].view(available, window_length)  # [available, W]
+    windows = all_windows[torch.tensor(chosen, dtype=torch.long)]  # [n, W]
+    sums: list[float] = []
     with borrowed(model):
         device = model_device(model)
         for chunk in windows.split(batch_size):
             inputs = chunk.to(device)  # [b, W]
             logits = model(input_ids=inputs, use_cache=False).logits  # [b, W, V]
             vocab = logits.shape[-1]
-            loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, vocab).float(), inputs[:, 1:].reshape(-1), reduction="sum"
-            )
-            total += float(loss.double())
-    return total, count * (window_length - 1), count
+            losses = F.cross_entropy(
+                logits[:, :-1].reshape(-1, vocab).float(), inputs[:, 1:].reshape(-1), reduction="none"
+            )  # [b * (W - 1)]
+            sums.extend(losses.view(inputs.shape[0], -1).double().sum(dim=1).tolist())
+    predicted = window_length - 1
+    return WindowLosses(
+        total=math.fsum(sums),
+        num_tokens=len(chosen) * predicted,
+        num_windows=len(chosen),
+        starts=[k * window_length for k in chosen],
+        window_sums=sums,
+        window_tokens=[predicted] * len(chosen),
+    )
 
 
 def perplexity(
@@ -152,6 +262,7 @@ def perplexity(
     batch_size: int = 1,
     source: str = "text",
     split: str = "unspecified",
+    selection: str = "spread",
 ) -> PerplexityResult:
     """Perplexity of `model` on `text` under the paper's windowed protocol (see the module docstring).
 
@@ -165,6 +276,8 @@ def perplexity(
         batch_size: windows per forward pass.
         source: name reported for a plain-string text.
         split: split reported for a plain-string text.
+        selection: which windows when the text has more than `max_windows`: `spread` (evenly over the whole
+            text) or `first` (the reference code's choice).
 
     Raises:
         ValueError: the tokenizer does not fit the model, the window is longer than the model's context, or the
@@ -179,21 +292,25 @@ def perplexity(
     if max(ids) >= embedding_rows(model):
         raise ValueError(f"Token id {max(ids)} is beyond the model's {embedding_rows(model)} embedding rows.")
     try:
-        total, tokens, windows = windowed_nll(model, ids, window_length, max_windows, batch_size)
+        losses = windowed_nll(model, ids, window_length, max_windows, batch_size, selection)
     except ValueError as err:
         raise ValueError(f"Perplexity on {source!r} (split {split!r}): {err}") from err
-    mean_loss = total / tokens
+    mean_loss = losses.total / losses.num_tokens
     return PerplexityResult(
         source=source,
         split=split,
         perplexity=math.exp(mean_loss),
         mean_loss=mean_loss,
         window_length=window_length,
-        num_windows=windows,
-        num_tokens=tokens,
+        num_windows=losses.num_windows,
+        num_tokens=losses.num_tokens,
         text_tokens=len(ids),
         max_windows=max_windows,
         text_sha256=sha,
+        selection=selection,
+        window_starts=losses.starts,
+        window_nll=losses.window_means,
+        window_tokens=losses.window_tokens,
     )
 
 

@@ -1,8 +1,11 @@
 """`litprune eval`: evaluate a saved model (an exported Hugging Face directory or a litprune Lightning checkpoint)
 on lm-eval tasks and windowed perplexities, and write one JSON record of everything needed to compare runs.
 
-The record states, for each task, the metric, value, standard error, example counts, task version and lm-eval
-version; for each perplexity, the source, split, window length, window count and token counts; and for the
+The record states, for each task, the metric, value, standard error, example counts, task version, lm-eval
+version and the metric on every example (`per_example`, by lm-eval `doc_id`); for each perplexity, the source,
+split, window length, window count, how the windows were chosen, token counts and the mean loss of every window
+(`window_nll`, `window_starts`, `window_tokens`). Two records made with the same settings can thus be compared
+example by example and window by window (paired bootstrap intervals of differences). For the
 model, a sha256 fingerprint of its weights, its parameter counts and, when the run that produced it left a
 record (`litprune.json` in an exported directory, the `litprune` entry of a checkpoint), its token counts. For an
 exported directory it also holds `lm_eval_command`: the `lm_eval` command line that gives the same task numbers
@@ -25,7 +28,7 @@ import torch
 
 from litprune.eval.borrow import check_tokenizer_fits, resolve_device
 from litprune.eval.offline_tasks import DEFAULT_MAX_EXAMPLES, OfflineTask, prepare_offline_task
-from litprune.eval.perplexity import PAPER_MAX_WINDOWS, perplexity, window_length_for
+from litprune.eval.perplexity import PAPER_MAX_WINDOWS, WINDOW_SELECTIONS, choose_window_length, perplexity
 from litprune.eval.tasks import TaskSpec, resolve_tasks
 from litprune.eval.text_sources import TextSource, load_documents, load_text_source, parse_source_spec
 from litprune.utils.atomic import atomic_write_json
@@ -76,6 +79,8 @@ def run_eval(
     ppl_batch_size: int = 1,
     add_bos_token: bool | None = None,
     print_lm_eval_command: bool = False,
+    task_seed: int = 0,
+    window_selection: str = "spread",
 ) -> dict:
     """Evaluate a saved model on lm-eval tasks and perplexities and write the results as JSON.
 
@@ -93,11 +98,17 @@ def run_eval(
         out: where to write the JSON record. Default: `eval.json` inside a model directory, or
             `<checkpoint name>.eval.json` beside a checkpoint.
         batch_size: lm-eval requests per forward pass.
-        limit: evaluate only the first N examples of each task (quick checks; the record says so).
+        limit: evaluate only the first N examples of each task (quick checks; the record says so). The offline
+            tasks list their examples in a seeded shuffled order (`task_seed`), so their first N sample every
+            document.
         device: `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`.
-        seq_len: perplexity window length in tokens; default the paper's 8192, or the model's context length
-            (`max_position_embeddings`) when that is shorter. An explicit value above the context length fails.
-        max_windows: at most this many perplexity windows per source (the paper: 256).
+        seq_len: perplexity window length in tokens. Default: the `seq_len` the model was trained with, when the
+            run that produced it left a record (`litprune.json` of an export, the `litprune` entry of a
+            checkpoint); else the paper's 8192, or the model's context length (`max_position_embeddings`) when
+            that is shorter. The record's `settings.seq_len_source` says which (`explicit`, `training`,
+            `model_context`). A value above the context length fails.
+        max_windows: at most this many perplexity windows per source (the paper: 256), evenly spread over the
+            whole text when it has more (see `window_selection`).
         num_fewshot: few-shot examples per task prompt (the paper: 0).
         task_documents: text to build the offline tasks from (any `perplexity` source spec, usually a
             directory of held-out files). Default: the held-out split of litprune's embedded corpus.
@@ -110,6 +121,10 @@ def run_eval(
         print_lm_eval_command: evaluate nothing; generate the offline tasks and print the `lm_eval` command line
             that reproduces these task numbers with lm-eval's own CLI (model, tasks, include path, few-shot,
             batch size, limit, device). Needs an exported model directory. Perplexity has no lm-eval counterpart.
+        task_seed: seed of the offline tasks: which examples are drawn and their order, hence which ones `limit`
+            keeps. Each seed is a task variant of its own (`..._s<seed>_...`); recorded in `offline_data.seed`.
+        window_selection: which perplexity windows when a text has more than `max_windows`: `spread` (evenly
+            over the whole text) or `first` (the first ones, as the paper's reference code).
 
     Returns:
         The record that was written (a dict; see the module docstring), or `{"lm_eval_command": ...}` when
@@ -133,6 +148,8 @@ def run_eval(
         dtype=dtype,
         ppl_batch_size=ppl_batch_size,
         device=device,
+        task_seed=task_seed,
+        window_selection=window_selection,
     )
     model_path = Path(model).expanduser()
     if not model_path.exists():
@@ -149,7 +166,11 @@ def run_eval(
             "pass the run's export (runs/<run>/export) instead."
         )
     documents = load_documents(task_documents) if task_documents is not None else None
-    offline = {s.name: prepare_offline_task(s.name, documents, max_examples=max_examples) for s in specs if s.offline}
+    offline = {
+        s.name: prepare_offline_task(s.name, documents, max_examples=max_examples, seed=task_seed)
+        for s in specs
+        if s.offline
+    }
     lm_eval_line = None
     if specs and model_path.is_dir():
         command = lm_eval_command(
@@ -180,7 +201,9 @@ def run_eval(
     target = resolve_device(device)
     loaded.model.to(target)
     check_tokenizer_fits(loaded.model, loaded.tokenizer)
-    window = window_length_for(loaded.model, seq_len)
+    window, window_rule = choose_window_length(
+        loaded.model, seq_len, training_seq_len(loaded.run_record), loaded.run_record_source
+    )
 
     from litprune.eval.harness import run_specs
 
@@ -190,7 +213,7 @@ def run_eval(
             loaded.model, loaded.tokenizer, specs, offline, batch_size, limit, num_fewshot, add_bos_token=add_bos_token
         )
     ppl_results = [
-        perplexity_entry(loaded.model, loaded.tokenizer, source, window, max_windows, ppl_batch_size)
+        perplexity_entry(loaded.model, loaded.tokenizer, source, window, max_windows, ppl_batch_size, window_selection)
         for source in sources
     ]
     record = {
@@ -204,11 +227,14 @@ def run_eval(
             "limit": limit,
             "num_fewshot": num_fewshot,
             "seq_len": window,
+            "seq_len_source": window_rule,
             "max_windows": max_windows,
+            "window_selection": window_selection,
             "device": str(target),
             "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
             "task_documents": task_documents or "embedded:test",
             "max_examples": max_examples,
+            "task_seed": task_seed,
             "add_bos_token": add_bos_token,
         },
         "tasks": [
@@ -304,10 +330,16 @@ def _normalised_arguments(argv: list[str]) -> list[str]:
 
 
 def perplexity_entry(
-    model: Any, tokenizer: Any, source: TextSource, seq_len: int, max_windows: int, batch_size: int
+    model: Any,
+    tokenizer: Any,
+    source: TextSource,
+    seq_len: int,
+    max_windows: int,
+    batch_size: int,
+    selection: str = "spread",
 ) -> dict:
     """One perplexity result as a JSON-ready dict, with the source's origin and document count."""
-    result = perplexity(model, tokenizer, source, seq_len, max_windows, batch_size)
+    result = perplexity(model, tokenizer, source, seq_len, max_windows, batch_size, selection=selection)
     return {**result.to_dict(), "origin": source.origin, "documents": len(source.documents)}
 
 
@@ -435,6 +467,26 @@ def _model_entry(path: Path, loaded: LoadedModel) -> dict[str, Any]:
     }
 
 
+def training_seq_len(record: Mapping[str, Any] | None) -> int | None:
+    """The `seq_len` a run record says the model was trained with, or None when it says none.
+
+    Read from the data module's record (`data.seq_len`, written into an export's `litprune.json`), else from the
+    token budget's step shape (`run.step_shape.seq_len` in an export, `step_shape.seq_len` in a checkpoint's
+    `litprune` entry, which holds the run record's fields at its top level).
+    """
+    if not isinstance(record, Mapping):
+        return None
+    run = record.get("run", record)
+    candidates = (
+        (record.get("data") or {}).get("seq_len") if isinstance(record.get("data"), Mapping) else None,
+        (run.get("step_shape") or {}).get("seq_len") if isinstance(run, Mapping) else None,
+    )
+    for value in candidates:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 2:
+            return value
+    return None
+
+
 def _training_entry(loaded: LoadedModel) -> dict[str, Any] | None:
     if loaded.run_record is None:
         return None
@@ -454,6 +506,7 @@ def _offline_entry(task: OfflineTask) -> dict[str, Any]:
         "fingerprint": task.fingerprint,
         "examples": task.num_examples,
         "documents": task.num_documents,
+        "seed": task.seed,
         "path": str(task.data_path),
     }
 
@@ -488,6 +541,12 @@ def _check_arguments(**values: Any) -> None:
     limit = values["limit"]
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         problems.append(f"limit={limit!r} must be a positive integer or None")
+    task_seed = values["task_seed"]
+    if not isinstance(task_seed, int) or isinstance(task_seed, bool) or task_seed < 0:
+        problems.append(f"task_seed={task_seed!r} must be a non-negative integer")
+    selection = values["window_selection"]
+    if selection not in WINDOW_SELECTIONS:
+        problems.append(f"window_selection={selection!r} must be one of {', '.join(WINDOW_SELECTIONS)}")
     fewshot = values["num_fewshot"]
     if not isinstance(fewshot, int) or fewshot < 0:
         problems.append(f"num_fewshot={fewshot!r} must be 0 or more")

@@ -12,12 +12,16 @@ Arms, in the paper's notation (one set per method x ratio x N):
 | `P_M` | random (the parent's preset) | `slices.parent` | M |
 | `P_M-R_N` | the parent, pruned (`StructuredPrune` / `SparsePrune`) | `slices.retrain` | N |
 | `S_N` | the pruned shape, random init (`ScratchTarget`; sparse: `SparsePrune(control=...)`) | `slices.retrain` | N |
-| `S_M+N` | as `S_N` | the parent's and the retraining tokens (`slices.long`) | M + N |
+| `S_M+N` | as `S_N`, but never a trained tensor (`long_control`) | the parent's and the retraining tokens | M + N |
 | `S_N[control]` | sparse controls (`random_same_mask`, ...) | `slices.retrain` | N |
 
 `S_N` and `P_M-R_N` of the same target share every setting but the init: same data config (so the same sample
 order), same recipe, same batch shape. Both depth methods prune to the same shape, so their `S_N` and `S_M+N` arms
 are shared (`depth-<ratio>`); sparse scratch arms keep the method's mask, so they belong to their method.
+
+Repetitions: with `seeds: [...]` every arm, the parents included, runs once per seed (ids end in `.s<seed>`); with
+`lr: [...]` every compared arm runs once per learning rate (ids end in `.lr<value>`), and the report keeps, per arm,
+the value with the lowest validation loss.
 
 Order: parents first (every other arm reads the parent's export), then the `P_M-R_N` and `S_N` pairs, then the
 long `S_M+N` arms.
@@ -26,6 +30,7 @@ long `S_M+N` arms.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -64,6 +69,9 @@ class Arm:
         config: the fit config (what the YAML file holds).
         config_path: where the config is written.
         run_dir: the arm's run directory (`trainer.default_root_dir`).
+        pattern: the sparse pattern (None for dense arms).
+        seed: the study repetition the arm belongs to (`seeds`; None: the seeds as configured).
+        lr: the swept peak learning rate it trains at (`lr`; None: `model.lr`).
     """
 
     id: str
@@ -82,6 +90,8 @@ class Arm:
     config_path: Path
     run_dir: Path
     pattern: str | None = None
+    seed: int | None = None
+    lr: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -104,30 +114,60 @@ class Arm:
 
 
 def expand_study(spec: StudySpec) -> list[Arm]:
-    """All arms of a (checked) study, in dependency order, with their fit configs (nothing is written)."""
+    """All arms of a (checked) study, in dependency order, with their fit configs (nothing is written).
+
+    With several `seeds`, every arm (parents included) is repeated per seed and its id ends in `.s<seed>`; with
+    several `lr` values, every compared arm is repeated per value and its id ends in `.lr<value>`.
+    """
     out = spec.out_path
-    arms: list[Arm] = []
-    parent_export: dict[str, str] = {}
-    for parent in spec.parents.values():
-        if parent.trained:
-            arm = _parent_arm(spec, parent, out)
-            arms.append(arm)
-            parent_export[parent.name] = str(arm.run_dir / "export")
-        else:
-            parent_export[parent.name] = str(parent.path)
+    parents: list[Arm] = []
     pairs: dict[str, Arm] = {}
     longs: dict[str, Arm] = {}
-    for method in spec.methods:
-        parent = spec.parents[spec.parent_of(method)]
-        for ratio in method.ratios:
-            for n in spec.retrain_tokens:
-                for arm in _method_arms(spec, method, float(ratio), n, parent, parent_export[parent.name], out):
-                    target = longs if arm.label == "S_M+N" else pairs
-                    if arm.id in target:
-                        target[arm.id].methods.append(method.method)
-                    else:
-                        target[arm.id] = arm
-    return arms + list(pairs.values()) + list(longs.values())
+    for seed in spec.seed_values:
+        seeded = _seeded(spec, seed)
+        suffix = f".s{seed}" if len(spec.seed_values) > 1 else ""
+        parent_arm: dict[str, str] = {}
+        parent_export: dict[str, str] = {}
+        for parent in seeded.parents.values():
+            if parent.trained:
+                arm = _parent_arm(seeded, parent, out, suffix)
+                arm.seed = seed
+                parents.append(arm)
+                parent_arm[parent.name], parent_export[parent.name] = arm.id, str(arm.run_dir / "export")
+            else:
+                parent_arm[parent.name], parent_export[parent.name] = parent.name, str(parent.path)
+        for lr in spec.lr_values:
+            tag = suffix + (f".lr{lr:g}" if len(spec.lr_values) > 1 else "")
+            for method in seeded.methods:
+                parent = seeded.parents[seeded.parent_of(method)]
+                where = (parent_arm[parent.name], parent_export[parent.name])
+                for ratio in method.ratios:
+                    for n in seeded.retrain_tokens:
+                        for arm in _method_arms(seeded, method, float(ratio), n, parent, where, out, tag, lr):
+                            arm.seed = seed
+                            target = longs if arm.label == "S_M+N" else pairs
+                            if arm.id in target:
+                                target[arm.id].methods.append(method.method)
+                            else:
+                                target[arm.id] = arm
+    return parents + list(pairs.values()) + list(longs.values())
+
+
+def _seeded(spec: StudySpec, seed: int | None) -> StudySpec:
+    """The study as repetition `seed` runs it: every seed of the study replaced by `seed` (None: unchanged)."""
+    if seed is None:
+        return spec
+    parents = {
+        name: dataclasses.replace(parent, init={**parent.init, "seed": seed}) for name, parent in spec.parents.items()
+    }
+    return dataclasses.replace(
+        spec,
+        parents=parents,
+        seed_everything=seed,
+        scratch_init={**spec.scratch_init, "seed": seed},
+        data={**spec.data, "seed": seed},
+        calibration={**spec.calibration, "seed": seed},
+    )
 
 
 def write_arm_configs(arms: list[Arm]) -> None:
@@ -140,8 +180,8 @@ def write_arm_configs(arms: list[Arm]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- building
-def _parent_arm(spec: StudySpec, parent: ParentSpec, out: Path) -> Arm:
-    arm_id = parent.name
+def _parent_arm(spec: StudySpec, parent: ParentSpec, out: Path, suffix: str) -> Arm:
+    arm_id = parent.name + suffix
     init = {"class_path": "litprune.inits.RandomInit", "init_args": dict(parent.init)}
     model = {
         **spec.model,
@@ -162,7 +202,7 @@ def _parent_arm(spec: StudySpec, parent: ParentSpec, out: Path) -> Arm:
         methods=[],
         kind="parent",
         ratio=None,
-        parent=parent.name,
+        parent=arm_id,
         retrain_tokens=None,
         parent_tokens=parent.tokens,
         train_tokens=parent.tokens,
@@ -174,11 +214,13 @@ def _parent_arm(spec: StudySpec, parent: ParentSpec, out: Path) -> Arm:
     )
 
 
-def _method_arms(spec, method: MethodSpec, ratio: float, n: int, parent: ParentSpec, export: str, out: Path):
+def _method_arms(spec, method: MethodSpec, ratio: float, n: int, parent: ParentSpec, where, out: Path, tag, lr):
+    """The arms of one method x ratio x N (one repetition, one learning rate); `where` = (parent arm id, export)."""
     from litprune.study.spec import _parent_tokens
 
+    parent_id, export = where
     m_tokens = _parent_tokens(parent)
-    depends = [parent.name] if parent.trained else []
+    depends = [parent_id] if parent.trained else []
     kind = method.kind
     if kind == "sparse":
         pruned_group = scratch_group = f"{method.method}-{_pattern_tag(method.pattern)}-{ratio:g}"
@@ -187,7 +229,7 @@ def _method_arms(spec, method: MethodSpec, ratio: float, n: int, parent: ParentS
     common = {
         "kind": kind,
         "ratio": ratio,
-        "parent": parent.name,
+        "parent": parent_id,
         "retrain_tokens": n,
         "parent_tokens": m_tokens,
         "depends_on": depends,
@@ -227,15 +269,17 @@ def _method_arms(spec, method: MethodSpec, ratio: float, n: int, parent: ParentS
             (
                 "S_M+N",
                 scratch_group,
-                _scratch_init(spec, method, ratio, export, method.scratch),
+                _scratch_init(spec, method, ratio, export, long_control(method)),
                 m_tokens + n,
-                kind == "sparse" and method.scratch == "reinit",
+                False,
                 name,
             )
         )
     for label, group, init, tokens, uses_parent, train_slice in wanted:
-        arm_id = f"{group}.{_file_label(label)}.N{n}"
+        arm_id = f"{group}.{_file_label(label)}.N{n}{tag}"
         model = {**spec.model, "arm": label, "preset": None, "max_tokens": tokens, "init": init}
+        if lr is not None:
+            model["lr"] = lr
         if label == "S_M+N":
             name, slice_spec = long_slice(spec)
             # Sparse scratch arms calibrate (to draw the method's mask) on the calibration slice, which must then
@@ -256,8 +300,17 @@ def _method_arms(spec, method: MethodSpec, ratio: float, n: int, parent: ParentS
             config=config,
             config_path=out / "configs" / f"{arm_id}.yaml",
             run_dir=out / "runs" / arm_id,
+            lr=lr,
             **copy.deepcopy(common),
         )
+
+
+def long_control(method: MethodSpec) -> str:
+    """How a sparse method's `S_M+N` starts: its `scratch` control, unless that is the paper's `reinit`, which keeps
+    the parent's trained embeddings and norm gains; `S_M+N` must not inherit trained tensors (it would then have
+    seen the parent's M tokens on top of its own M + N), so it takes `random_same_mask` (the method's mask, every
+    tensor drawn at random) instead."""
+    return "random_same_mask" if method.scratch == "reinit" else method.scratch
 
 
 def _pruned_init(spec: StudySpec, method: MethodSpec, ratio: float, export: str) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from typing import Any
 
 from litprune.eval.task_scorer import is_task_scorer
 from litprune.study.arms import Arm
-from litprune.study.records import TokenRange, calibration_range, run_result, train_range
+from litprune.study.records import TokenRange, calibration_range, declared_range, run_result, train_range
 from litprune.study.spec import StudySpec
 from litprune.training.budget import paper_token_label
 
@@ -53,6 +53,15 @@ FLOPS_CONVENTION = (
 
 NOT_MEASURED = "not measured"
 """Status of a check, and text of a ledger cell, whose value a finished run's record lacks."""
+
+INHERITED_MARK = " (+M inherited)"
+"""Marks the total of an arm that starts from the parent's trained embeddings and norm gains (the `reinit` control)."""
+
+INHERITED_NOTE = (
+    f"`{INHERITED_MARK.strip()}`: the arm starts from tensors the parent trained on its M tokens (embeddings and "
+    "norm gains, the paper's sparse `reinit` control), which its total does not count; it is not a from-scratch arm "
+    "at equal total tokens."
+)
 
 FAILING = ("FAILED", NOT_MEASURED)
 """Check statuses that fail the study."""
@@ -107,6 +116,12 @@ class LedgerEntry:
             "train": _label(self.train_tokens),
             "total": _label(self.total_tokens),
         }
+
+    @property
+    def uncounted_inheritance(self) -> bool:
+        """The arm starts from trained tensors of the parent (its embeddings and norm gains) but counts none of the
+        parent's M tokens: its total is marked in every table, and sentences comparing totals say so."""
+        return "embeddings" in self.inherits and not self.pretrain_tokens
 
     def ranges_text(self) -> str:
         """The ranges read, e.g. `train retrain: train[131,072, 262,144) x 0.02 epochs`."""
@@ -176,11 +191,15 @@ class Ledger:
         ]
         for e in self.entries:
             flops = e.flops.get("total")
+            mark = INHERITED_MARK if e.uncounted_inheritance else ""
             lines.append(
                 f"| {e.arm} | {_n(e.retrain_tokens)} | {_count(e.pretrain_tokens)} | {_count(e.calibration_tokens)} | "
-                f"{_count(e.train_tokens)} | {_count(e.total_tokens)} | {e.labels['train']} / {e.labels['total']} | "
+                f"{_count(e.train_tokens)} | {_count(e.total_tokens)}{mark} | "
+                f"{e.labels['train']} / {e.labels['total']} | "
                 f"{e.inherits} | {'n/a' if flops is None else f'{flops:.3g}'} | {e.ranges_text()} |"
             )
+        if any(e.uncounted_inheritance for e in self.entries):
+            lines += ["", INHERITED_NOTE]
         lines += ["", "| pair | check | left | right | status |", "|---|---|---|---|---|"]
         for c in self.checks:
             lines.append(f"| {c.pair} | `{c.check}` | {_n(c.left)} | {_n(c.right)} | {c.status} |")
@@ -294,21 +313,13 @@ def _ranges(arm: Arm, result: dict[str, Any] | None, planned_calibration: int, m
 
 
 def _planned_range(arm: Arm, role: str) -> TokenRange:
-    """The slice an arm's config reads for `role`; its end is None when the slice runs to the end of its split.
-
-    A slice the config does not define is a default slice: a whole split of that name.
-    """
+    """The slice an arm's config reads for `role` (`litprune.study.records.declared_range`)."""
     data = arm.config["data"]["init_args"]
     if role == "train":
         name = data["train_slice"]
     else:
         name = (_init_args(arm).get("calibration") or {}).get("slice", "train")
-    declared = (data.get("slices") or {}).get(name) or {"split": name}
-    start = declared.get("start") or 0
-    end = declared.get("end")
-    if end is None and declared.get("tokens") is not None:
-        end = int(start) + int(declared["tokens"])
-    return TokenRange(role, str(name), str(declared.get("split", name)), int(start), None if end is None else int(end))
+    return declared_range(data.get("slices"), name, role)
 
 
 def _init_args(arm: Arm) -> dict[str, Any]:
@@ -352,6 +363,8 @@ def _checks(arms: list[Arm], entries: dict[str, LedgerEntry], measured: bool) ->
             and a.ratio == pruned.ratio
             and a.pattern == pruned.pattern
             and a.parent == pruned.parent
+            and a.lr == pruned.lr
+            and a.seed == pruned.seed
         ]
         scratch = next((a for a in partners if a.label == "S_N"), None)
         long = next((a for a in partners if a.label == "S_M+N"), None)
@@ -443,15 +456,18 @@ def _planned_parameters(spec: StudySpec, arms: list[Arm]) -> dict[str, int]:
             continue
         configs[parent.name] = config
         out[parent.name] = count_config_parameters(config).non_embedding
+    # A parent arm's id carries its repetition (`parent.s1`); its group is the parent's name in the study.
+    names = {arm.id: arm.group for arm in arms if arm.is_parent}
     for arm in arms:
-        if arm.is_parent or arm.parent not in configs:
+        parent = names.get(arm.parent, arm.parent)
+        if parent not in configs:
             continue
-        if arm.kind == "sparse":
-            out[arm.id] = out[arm.parent]
+        if arm.is_parent or arm.kind == "sparse":
+            out[arm.id] = out[parent]
             continue
         init = arm.config["model"]["init_args"]["init"]["init_args"]
         try:
-            plan = solve_shape(configs[arm.parent], arm.kind, ratio=arm.ratio, convention=init["convention"])
+            plan = solve_shape(configs[parent], arm.kind, ratio=arm.ratio, convention=init["convention"])
         except ValueError:
             continue
         out[arm.id] = plan.params_target.non_embedding

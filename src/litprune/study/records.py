@@ -71,6 +71,17 @@ class TokenRange:
         return f"{self.slice}: {self.split}[{self.start:,}, {end})"
 
 
+def declared_range(slices: dict[str, Any] | None, name: str, role: str) -> TokenRange:
+    """The range a data config declares for slice `name`; its end is None when the slice runs to the end of its
+    split. A name the config does not define is a default slice: a whole split of that name."""
+    declared = (slices or {}).get(name) or {"split": name}
+    start = declared.get("start") or 0
+    end = declared.get("end")
+    if end is None and declared.get("tokens") is not None:
+        end = int(start) + int(declared["tokens"])
+    return TokenRange(role, str(name), str(declared.get("split", name)), int(start), None if end is None else int(end))
+
+
 def train_range(result: dict[str, Any] | None) -> TokenRange | None:
     """The training range of a finished run's `results.json` (None when the record does not state it).
 

@@ -1,22 +1,28 @@
 """The study's report: `results.csv`, `results.json`, `report.md` and the plots, all computed from the arms' records.
 
-`report.md` has one table per method x ratio with the arms `S_N`, `P_M-R_N` and `S_M+N` (validation loss,
-perplexity, task accuracy, held-out perplexity), the token ledger with its checks, and a short reading. The
-reading is computed from the numbers, never written in advance: for each pair it states which arm is ahead and by
-how much at equal training tokens and at equal total tokens, calls a difference below `tie_threshold` nats (or,
-for accuracy, below two standard errors) a tie, and says how the gap moves with N and with the ratio when the
-study has more than one of them.
+`report.md` has one table per method x ratio with the arms `S_N`, `P_M-R_N` and `S_M+N` (held-out loss,
+validation loss, task accuracy, held-out perplexity), the comparisons with their intervals, the token ledger with
+its checks, a reading and a comparison with the paper's findings. Every sentence is computed from the numbers,
+never written in advance.
+
+How a comparison is decided (`litprune.study.intervals`): both arms' losses on the same held-out windows
+(`litprune.study.heldout`) are paired window by window; the paired bootstrap interval of the mean difference
+decides: "beats" when the whole interval lies on one side of zero, "tie" when it contains zero. Task accuracy
+differences are paired example by example the same way. With an `lr` sweep, each arm's learning rate is the one
+with the lowest final validation loss (`data.val_slice`, disjoint from the held-out slice the numbers come from).
 """
 
 from __future__ import annotations
 
 import csv
-import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from litprune.study.arms import Arm
-from litprune.study.ledger import NOT_MEASURED, Ledger, build_ledger
+from litprune.study.heldout import heldout_values
+from litprune.study.intervals import METHOD, Interval, paired_interval
+from litprune.study.ledger import INHERITED_MARK, INHERITED_NOTE, NOT_MEASURED, Ledger, build_ledger
 from litprune.study.records import eval_result, heldout_perplexity, run_result, task_accuracy
 from litprune.study.spec import StudySpec
 from litprune.training.budget import paper_token_label
@@ -26,15 +32,21 @@ ARM_ORDER = {"S_N": 0, "P_M-R_N": 1, "S_M+N": 2}
 
 
 def collect_rows(spec: StudySpec, arms: list[Arm], ledger: Ledger | None = None) -> list[dict[str, Any]]:
-    """One flat row per arm (finished or not): identity, budgets, parameters, validation and evaluation numbers."""
+    """One flat row per arm (finished or not): identity, budgets, parameters, validation and evaluation numbers.
+
+    `selected` is False for an arm of an `lr` sweep that another learning rate beat on validation loss (and for
+    an unfinished one while another is finished); such rows stay in results.csv but not in the comparisons.
+    """
     ledger = ledger or build_ledger(spec, arms)
     entries = {e.arm: e for e in ledger.entries}
+    parent_names = {arm.id: arm.group for arm in arms if arm.is_parent}
     rows = []
     for arm in arms:
         result = run_result(arm.run_dir) or {}
         run, final = result.get("run") or {}, result.get("final") or {}
         evaluation = eval_result(arm.run_dir)
         entry = entries[arm.id]
+        heldout = (evaluation or {}).get("heldout_loss") or {}
         row: dict[str, Any] = {
             "arm": arm.id,
             "label": arm.label,
@@ -44,6 +56,10 @@ def collect_rows(spec: StudySpec, arms: list[Arm], ledger: Ledger | None = None)
             "ratio": arm.ratio,
             "pattern": arm.pattern,
             "parent": arm.parent,
+            "parent_name": parent_names.get(arm.parent, arm.parent),
+            "seed": arm.seed,
+            "lr": arm.lr,
+            "selected": True,
             "N": arm.retrain_tokens,
             "M": arm.parent_tokens,
             "finished": bool(result),
@@ -54,6 +70,7 @@ def collect_rows(spec: StudySpec, arms: list[Arm], ledger: Ledger | None = None)
             "train_tokens_label": entry.labels["train"],
             "total_tokens_label": entry.labels["total"],
             "inherits": entry.inherits,
+            "uncounted_inheritance": entry.uncounted_inheritance,
             "train_range": _range_cell(entry, "train"),
             "calibration_range": _range_cell(entry, "calibration"),
             "not_measured": ",".join(entry.not_measured),
@@ -61,19 +78,151 @@ def collect_rows(spec: StudySpec, arms: list[Arm], ledger: Ledger | None = None)
             "params_total": (run.get("parameters") or {}).get("total"),
             "params_non_embedding": (run.get("parameters") or {}).get("non_embedding"),
             "achieved_ratio": _achieved_ratio(run.get("init") or {}),
+            "heldout_loss": heldout.get("loss"),
             "val_loss": final.get("val/loss"),
             "val_ppl": final.get("val/ppl"),
             "epochs": _epochs(result.get("data") or {}),
         }
         for task, value in task_accuracy(evaluation).items():
             row[f"task:{task}"] = value
-        for entry_task in (evaluation or {}).get("tasks", []):
-            if entry_task.get("stderr") is not None:
-                row[f"task_stderr:{entry_task['task']}"] = entry_task["stderr"]
         for source, value in heldout_perplexity(evaluation).items():
             row[f"ppl:{source}"] = value
         rows.append(row)
+    _select_learning_rates(rows)
     return rows
+
+
+def _select_learning_rates(rows: list[dict[str, Any]]) -> None:
+    """Per arm of an `lr` sweep, keep the learning rate with the lowest final validation loss."""
+    sweeps: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["lr"] is not None:
+            sweeps.setdefault((row["group"], row["label"], row["N"], row["seed"]), []).append(row)
+    for candidates in sweeps.values():
+        done = [r for r in candidates if r["val_loss"] is not None]
+        best = min(done, key=lambda r: r["val_loss"]) if done else None
+        for row in candidates:
+            row["selected"] = best is None or row is best
+
+
+@dataclass
+class Comparison:
+    """`P_M-R_N` against one scratch arm of the same target and N, over every seed.
+
+    Attributes:
+        method: the method's name (with its pattern when not unstructured).
+        kind: "depth", "width" or "sparse".
+        ratio: the pruning ratio.
+        n: the retraining budget N.
+        setting: "equal training tokens" or "equal total tokens".
+        scratch: the scratch arm's label (`S_N`, `S_N[<control>]`, `S_M+N`).
+        pruned: the `P_M-R_N` rows (one per seed).
+        other: the scratch rows, in the same seed order.
+        loss: the interval of held-out loss `scratch - P_M-R_N` (positive: the pruned arm has the lower loss);
+            None until both sides are evaluated.
+        accuracy: per task, the interval of accuracy `P_M-R_N - scratch` (positive: the pruned arm is ahead).
+    """
+
+    method: str
+    kind: str
+    ratio: float
+    n: int
+    setting: str
+    scratch: str
+    pruned: list[dict[str, Any]]
+    other: list[dict[str, Any]]
+    loss: Interval | None = None
+    accuracy: dict[str, Interval] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str | None:
+        """ "pruned", "scratch" or "tie" (None without an interval)."""
+        if self.loss is None:
+            return None
+        return {"b higher": "pruned", "a higher": "scratch", "tie": "tie"}[self.loss.verdict]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "kind": self.kind,
+            "ratio": self.ratio,
+            "N": self.n,
+            "setting": self.setting,
+            "scratch": self.scratch,
+            "pruned_arms": [r["arm"] for r in self.pruned],
+            "scratch_arms": [r["arm"] for r in self.other],
+            "loss_difference": None if self.loss is None else self.loss.as_dict(),
+            "verdict": self.verdict,
+            "accuracy_difference": {task: i.as_dict() for task, i in self.accuracy.items()},
+        }
+
+
+def compare_arms(spec: StudySpec, rows: list[dict[str, Any]], arms: list[Arm]) -> list[Comparison]:
+    """Every comparison the study defines, with paired bootstrap intervals where both sides are evaluated."""
+    records = {arm.id: eval_result(arm.run_dir) for arm in arms}
+    selected = [r for r in rows if r["selected"] and r["label"] != "P_M"]
+    comparisons: dict[tuple, Comparison] = {}
+    for pr in (r for r in selected if r["label"] == "P_M-R_N"):
+        method = pr["methods"].split(",")[0]
+        name = method if pr["pattern"] in (None, "unstructured") else f"{method} {pr['pattern']}"
+        partners = [
+            r
+            for r in selected
+            if r["label"] != "P_M-R_N"
+            and r["N"] == pr["N"]
+            and r["ratio"] == pr["ratio"]
+            and r["parent"] == pr["parent"]
+            and r["seed"] == pr["seed"]
+            and r["pattern"] == pr["pattern"]
+            and method in r["methods"].split(",")
+        ]
+        for other in partners:
+            setting = "equal total tokens" if other["label"] == "S_M+N" else "equal training tokens"
+            key = (name, pr["ratio"], pr["N"], pr["parent_name"], other["label"])
+            item = comparisons.setdefault(
+                key, Comparison(name, pr["kind"], pr["ratio"], pr["N"], setting, other["label"], [], [])
+            )
+            item.pruned.append(pr)
+            item.other.append(other)
+    for item in comparisons.values():
+        _intervals(spec, item, records)
+    order = {"equal training tokens": 0, "equal total tokens": 1}
+    return sorted(comparisons.values(), key=lambda c: (c.method, c.ratio, c.n, order[c.setting], c.scratch))
+
+
+def _intervals(spec: StudySpec, item: Comparison, records: dict[str, Any]) -> None:
+    ev = spec.eval
+    losses = [(heldout_values(records.get(a["arm"])), heldout_values(records.get(b["arm"]))) for a, b in _seeds(item)]
+    if losses and all(a is not None and b is not None and a[0] == b[0] for a, b in losses):
+        item.loss = paired_interval(
+            [a[1] for a, _ in losses], [b[1] for _, b in losses], ev.resamples, ev.confidence, seed=0
+        )
+    tasks = set.intersection(*[set(_per_example(records.get(r["arm"]))) for r in item.pruned + item.other] or [set()])
+    for task in sorted(tasks):
+        pairs = [
+            (_per_example(records.get(a["arm"]))[task], _per_example(records.get(b["arm"]))[task])
+            for a, b in _seeds(item)
+        ]
+        if all(a[0] == b[0] for a, b in pairs):
+            # Accuracy: higher is better, so the difference is P_M-R_N minus scratch.
+            item.accuracy[task] = paired_interval(
+                [b[1] for a, b in pairs], [a[1] for a, b in pairs], ev.resamples, ev.confidence, seed=0
+            )
+
+
+def _seeds(item: Comparison):
+    return list(zip(item.pruned, item.other, strict=True))
+
+
+def _per_example(record: dict[str, Any] | None) -> dict[str, tuple[list, list[float]]]:
+    """`{task: (example ids, per-example values)}` of an evaluation record."""
+    out = {}
+    for entry in (record or {}).get("tasks", []):
+        per = entry.get("per_example")
+        if isinstance(per, dict) and per.get("values"):
+            ids = list(per.get("doc_ids") or range(len(per["values"])))
+            out[entry["task"]] = (ids, [float(v) for v in per["values"]])
+    return out
 
 
 def write_report(spec: StudySpec, arms: list[Arm]) -> dict[str, Path]:
@@ -82,7 +231,9 @@ def write_report(spec: StudySpec, arms: list[Arm]) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     ledger = build_ledger(spec, arms)
     rows = collect_rows(spec, arms, ledger)
-    readings = compute_readings(rows, spec.tie_threshold)
+    comparisons = compare_arms(spec, rows, arms)
+    readings = compute_readings(comparisons)
+    paper = compare_with_paper(comparisons, rows)
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
@@ -96,130 +247,170 @@ def write_report(spec: StudySpec, arms: list[Arm]) -> dict[str, Path]:
             "study": spec.name,
             "config": spec.source,
             "arms": rows,
+            "comparisons": [c.as_dict() for c in comparisons],
+            "interval_method": METHOD,
             "ledger": ledger.as_dict(),
             "readings": readings,
+            "compared_with_paper": paper,
         },
         default=str,
     )
     from litprune.study.plots import plot_study
 
-    plots = plot_study(spec, arms, out / "plots")
+    shown = {r["arm"] for r in rows if r["selected"] and r["seed"] == spec.seed_values[0]}
+    plots = plot_study(spec, [a for a in arms if a.id in shown], out / "plots")
     report = out / "report.md"
-    atomic_write_text(report, render_markdown(spec, rows, ledger, readings, plots))
+    atomic_write_text(report, render_markdown(spec, rows, ledger, comparisons, readings, paper, plots))
     return {"report": report, "csv": out / "results.csv", "json": out / "results.json", **plots}
 
 
 # -------------------------------------------------------------------------------------------------- readings
-def compute_readings(rows: list[dict[str, Any]], tie: float) -> list[str]:
-    """Sentences that state what the numbers show, each computed from them (see the module docstring)."""
-    readings: list[str] = []
-    gaps_train: dict[tuple[str, float], list[tuple[int, float]]] = {}
-    total_wins: dict[str, list[bool]] = {}
-    for method, ratio, n, pr, s_n, s_long in _pairs(rows):
-        tag = f"{method} at ratio {ratio:g}, N = {n:,} ({paper_token_label(n)})"
-        if pr.get("val_loss") is None:
+def compute_readings(comparisons: list[Comparison]) -> list[str]:
+    """Sentences that state what the numbers show, each computed from the comparisons and their intervals."""
+    readings = []
+    for item in comparisons:
+        tag = f"{item.method} at ratio {item.ratio:g}, N = {item.n:,} ({paper_token_label(item.n)}), {item.setting}"
+        if item.loss is None:
             continue
-        if s_n is not None and s_n.get("val_loss") is not None:
-            gap = s_n["val_loss"] - pr["val_loss"]
-            gaps_train.setdefault((method, ratio), []).append((n, gap))
+        readings.append(f"{tag}: {_loss_sentence(item)}{_accuracy_sentence(item)}")
+    by_target: dict[tuple, list[Comparison]] = {}
+    for item in comparisons:
+        if item.loss is not None and item.scratch == "S_N":
+            by_target.setdefault((item.method, item.ratio), []).append(item)
+    for (method, ratio), items in by_target.items():
+        if len(items) > 1:
+            first, last = items[0], items[-1]
             readings.append(
-                f"{tag}, equal training tokens: {_compare('P_M-R_N', pr, 'S_N', s_n, tie)}"
-                + _accuracy_note(pr, s_n, "P_M-R_N", "S_N")
+                f"{method} at ratio {ratio:g}: the equal-training gap (S_N - P_M-R_N held-out loss) moves from "
+                f"{first.loss.text()} at N = {first.n:,} to {last.loss.text()} at N = {last.n:,}"
+                f" ({_trend(first.loss, last.loss)})."
             )
-        if s_long is not None and s_long.get("val_loss") is not None:
-            gap = s_long["val_loss"] - pr["val_loss"]
-            total_wins.setdefault(method, []).append(gap > tie)
-            readings.append(
-                f"{tag}, equal total tokens ({_tokens(s_long['train_tokens'])} = M + N): "
-                f"{_compare('P_M-R_N', pr, 'S_M+N', s_long, tie)}" + _accuracy_note(pr, s_long, "P_M-R_N", "S_M+N")
-            )
-    for (method, ratio), gaps in gaps_train.items():
-        if len(gaps) > 1:
-            (n0, g0), (n1, g1) = gaps[0], gaps[-1]
-            trend = "shrinks" if abs(g1) < abs(g0) else "grows"
-            readings.append(
-                f"{method} at ratio {ratio:g}: the equal-training gap (S_N - P_M-R_N validation loss) {trend} from "
-                f"{g0:+.3f} at N = {n0:,} to {g1:+.3f} at N = {n1:,}."
-            )
-    by_method: dict[str, list[tuple[float, float]]] = {}
-    for (method, ratio), gaps in gaps_train.items():
-        by_method.setdefault(method, []).append((ratio, gaps[-1][1]))
-    for method, points in by_method.items():
-        if len(points) > 1:
-            points.sort()
-            (r0, g0), (r1, g1) = points[0], points[-1]
-            trend = "shrinks" if abs(g1) < abs(g0) else "grows"
-            readings.append(
-                f"{method}: at the largest N, the equal-training gap {trend} from {g0:+.3f} at ratio {r0:g} to "
-                f"{g1:+.3f} at ratio {r1:g}."
-            )
-    if total_wins:
-        keeps = sorted(m for m, wins in total_wins.items() if all(wins))
-        loses = sorted(m for m, wins in total_wins.items() if not any(wins))
-        mixed = sorted(set(total_wins) - set(keeps) - set(loses))
-        summary = []
-        if keeps:
-            summary.append(f"pruning keeps its edge at equal total tokens for {', '.join(keeps)}")
-        if loses:
-            summary.append(f"scratch matches or beats pruning at equal total tokens for {', '.join(loses)}")
-        if mixed:
-            summary.append(f"the equal-total comparison depends on ratio or N for {', '.join(mixed)}")
-        readings.append("Overall: " + "; ".join(summary) + ".")
     return readings
 
 
-def _pairs(rows: list[dict[str, Any]]):
-    """(method, ratio, N, P_M-R_N row, S_N row, S_M+N row) for every pruned arm."""
-    for pr in rows:
-        if pr["label"] != "P_M-R_N":
-            continue
-        method = pr["methods"].split(",")[0]
-        partners = [
-            r
-            for r in rows
-            if r["N"] == pr["N"]
-            and r["ratio"] == pr["ratio"]
-            and r["parent"] == pr["parent"]
-            and r["pattern"] == pr["pattern"]
-            and method in r["methods"].split(",")
-        ]
-        s_n = next((r for r in partners if r["label"] == "S_N"), None)
-        s_long = next((r for r in partners if r["label"] == "S_M+N"), None)
-        name = method if pr["pattern"] in (None, "unstructured") else f"{method} {pr['pattern']}"
-        yield name, pr["ratio"], pr["N"], pr, s_n, s_long
-
-
-def _compare(name_a: str, a: dict[str, Any], name_b: str, b: dict[str, Any], tie: float) -> str:
-    la, lb = a["val_loss"], b["val_loss"]
-    gap = lb - la
-    if abs(gap) < tie:
-        return (
-            f"{name_a} and {name_b} are within {tie:g} nats of each other ({la:.3f} vs {lb:.3f} validation loss), "
-            "a tie at this scale."
+def _loss_sentence(item: Comparison) -> str:
+    interval = item.loss
+    pct = f"{interval.confidence:.0%}"
+    pruned = _mean(item.pruned, "heldout_loss")
+    other = _mean(item.other, "heldout_loss")
+    values = f"held-out loss P_M-R_N {pruned:.3f} vs {item.scratch} {other:.3f}"
+    difference = f"{item.scratch} - P_M-R_N = {interval.text()} ({pct} interval"
+    difference += f", {interval.seeds} seeds, seed spread {interval.seed_spread:.3f})" if interval.seeds > 1 else ")"
+    if item.verdict == "tie":
+        verdict = f"P_M-R_N and {item.scratch} tie: the interval contains zero"
+    elif item.verdict == "pruned":
+        verdict = f"P_M-R_N beats {item.scratch}"
+    else:
+        verdict = f"{item.scratch} beats P_M-R_N"
+    flag = ""
+    if any(r["uncounted_inheritance"] for r in item.other):
+        flag = (
+            f" {item.scratch} starts from the parent's trained embeddings and norm gains, so it is not a from-scratch "
+            "arm: its tokens exclude the M the parent trained those tensors on."
         )
-    winner, loser = (name_a, name_b) if gap > 0 else (name_b, name_a)
-    return f"{winner} beats {loser} by {abs(gap):.3f} nats of validation loss ({name_a} {la:.3f} vs {name_b} {lb:.3f})."
+    return f"{verdict} ({values}; {difference}).{flag}"
 
 
-def _accuracy_note(a: dict[str, Any], b: dict[str, Any], name_a: str, name_b: str) -> str:
-    notes = []
-    for key in a:
-        if not key.startswith("task:") or b.get(key) is None:
-            continue
-        task = key.split(":", 1)[1]
-        va, vb = a[key], b[key]
-        se = math.hypot(a.get(f"task_stderr:{task}") or 0.0, b.get(f"task_stderr:{task}") or 0.0)
-        if se and abs(va - vb) < 2 * se:
-            notes.append(f"{task} accuracy {va:.3f} vs {vb:.3f}, within two standard errors")
+def _accuracy_sentence(item: Comparison) -> str:
+    parts = []
+    for task, interval in item.accuracy.items():
+        pruned, other = _mean(item.pruned, f"task:{task}"), _mean(item.other, f"task:{task}")
+        if interval.verdict == "tie":
+            result = "no difference resolved"
         else:
-            better = name_a if va > vb else name_b
-            notes.append(f"{task} accuracy {va:.3f} vs {vb:.3f} ({better} ahead)")
-    text = "; ".join(notes)
-    return f" Task {text}." if notes else ""
+            result = "P_M-R_N ahead" if interval.verdict == "b higher" else f"{item.scratch} ahead"
+        parts.append(
+            f"{task} accuracy {pruned:.3f} vs {other:.3f}, P_M-R_N - {item.scratch} = {interval.text()} over "
+            f"{interval.units} examples: {result}"
+        )
+    return f" Task: {'; '.join(parts)}." if parts else ""
+
+
+def _trend(first: Interval, last: Interval) -> str:
+    if last.high < first.low or last.low > first.high:
+        size = "shrinks" if abs(last.mean) < abs(first.mean) else "grows"
+        return f"it {size}; the intervals do not overlap"
+    return "the intervals overlap, so no change is resolved"
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float:
+    values = [r.get(key) for r in rows if r.get(key) is not None]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def compare_with_paper(comparisons: list[Comparison], rows: list[dict[str, Any]]) -> list[str]:
+    """The paper's two findings, each checked against this study's intervals (see docs/paper.md):
+
+    1. at equal training tokens the pruned init beats scratch for every method, by a margin that shrinks as N
+       grows;
+    2. at equal total tokens sparse pruning keeps its edge, while coarse (depth, width) pruning is matched or
+       beaten by scratch.
+    """
+    decided = [c for c in comparisons if c.loss is not None]
+    if not decided:
+        return ["No comparison is evaluated yet, so nothing can be compared with the paper."]
+    lines = []
+    training = [c for c in decided if c.setting == "equal training tokens" and c.scratch == "S_N"]
+    if training:
+        wins = [c for c in training if c.verdict == "pruned"]
+        shrink: list[str] = []
+        grow: list[str] = []
+        for method in sorted({c.method for c in training}):
+            items = sorted((c for c in training if c.method == method), key=lambda c: c.n)
+            if len(items) > 1:
+                (shrink if abs(items[-1].loss.mean) < abs(items[0].loss.mean) else grow).append(method)
+        holds = len(wins) == len(training)
+        text = (
+            f"Finding 1 (equal training tokens: pruning wins): {'shown' if holds else 'not shown'} here; P_M-R_N beats "
+            f"S_N in {len(wins)} of {len(training)} comparisons."
+        )
+        if shrink or grow:
+            text += (
+                f" The paper's gap shrinks with N; here the mean gap shrinks from the smallest to the largest N for "
+                f"{', '.join(shrink) or 'no method'} and grows for {', '.join(grow) or 'no method'}."
+            )
+        lines.append(text)
+    total = [c for c in decided if c.setting == "equal total tokens"]
+    if total:
+        coarse = [c for c in total if c.kind in ("depth", "width")]
+        sparse = [c for c in total if c.kind == "sparse"]
+        parts = []
+        if coarse:
+            matched = [c for c in coarse if c.verdict in ("scratch", "tie")]
+            parts.append(
+                f"coarse methods are matched or beaten by S_M+N in {len(matched)} of {len(coarse)} comparisons "
+                f"({'as' if len(matched) == len(coarse) else 'unlike'} the paper)"
+            )
+        if sparse:
+            kept = [c for c in sparse if c.verdict == "pruned"]
+            parts.append(
+                f"sparse methods keep their edge over S_M+N in {len(kept)} of {len(sparse)} comparisons "
+                f"({'as' if len(kept) == len(sparse) else 'unlike'} the paper)"
+            )
+        finding = "Finding 2 (equal total tokens: sparse keeps its edge, coarse does not): "
+        lines.append(finding + "; ".join(parts) + ".")
+    parents = [r for r in rows if r["label"] == "P_M" and r["train_tokens"] and r["params_non_embedding"]]
+    if parents:
+        per_param = parents[0]["train_tokens"] / parents[0]["params_non_embedding"]
+        lines.append(
+            f"Scale: the parent has {parents[0]['params_non_embedding']:,} non-embedding parameters and read "
+            f"{per_param:.1f} tokens per non-embedding parameter (the paper's Llama-3.1-8B: 6,979,588,096 and about "
+            "29). At a size about 10^4 times smaller, on other data, agreement in direction is what the study can "
+            "show; the size of each gap is not expected to match."
+        )
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------- markdown
-def render_markdown(spec: StudySpec, rows, ledger: Ledger, readings: list[str], plots: dict[str, Path]) -> str:
+def render_markdown(
+    spec: StudySpec,
+    rows: list[dict[str, Any]],
+    ledger: Ledger,
+    comparisons: list[Comparison],
+    readings: list[str],
+    paper: list[str],
+    plots: dict[str, Path],
+) -> str:
     out = spec.out_path
     lines = [
         f"# Study `{spec.name}`: pruning vs training from scratch",
@@ -228,8 +419,12 @@ def render_markdown(spec: StudySpec, rows, ledger: Ledger, readings: list[str], 
         "",
         "Arms (the paper's notation): `P_M` the parent pretrained on M tokens; `P_M-R_N` the parent pruned, then "
         "retrained on N tokens; `S_N` the pruned architecture from random init, trained on N tokens (equal training "
-        "tokens); `S_M+N` the same from random init on M + N tokens (equal total tokens). Sparse scratch arms keep "
-        "the method's mask (see the `inherits` column of the ledger).",
+        "tokens); `S_M+N` the same from random init on M + N tokens (equal total tokens); `S_N[<control>]` another "
+        "scratch control of a sparse method. Sparse scratch arms keep the method's mask; the paper's `reinit` "
+        "control also keeps the parent's trained embeddings and norm gains (the `inherits` column of the ledger); "
+        "`S_M+N` never starts from a trained tensor.",
+        "",
+        _evaluation_text(spec, rows),
         "",
     ]
     parents = [r for r in rows if r["label"] == "P_M"]
@@ -237,33 +432,49 @@ def render_markdown(spec: StudySpec, rows, ledger: Ledger, readings: list[str], 
         lines.append(
             f"Parent `{row['arm']}`: {_fmt_int(row['params_total'])} parameters "
             f"({_fmt_int(row['params_non_embedding'])} non-embedding), M = {_tokens(row['train_tokens'])} tokens "
-            f"({row['train_tokens_label']}), validation loss {_fmt(row['val_loss'])}, perplexity "
-            f"{_fmt(row['val_ppl'], 2)}."
+            f"({row['train_tokens_label']}), held-out loss {_fmt(row['heldout_loss'])}, validation loss "
+            f"{_fmt(row['val_loss'])}."
         )
     task_columns = sorted({k for r in rows for k in r if k.startswith("task:")})
     ppl_columns = sorted({k for r in rows for k in r if k.startswith("ppl:")})
+    extra = [c for c in ("seed", "lr") if any(r[c] is not None for r in rows)]
     header = [
         "arm",
+        *extra,
         "N",
         "train tokens",
         "total tokens",
+        "held-out loss",
         "val loss",
-        "val ppl",
         *[f"{c.split(':', 1)[1]} acc" for c in task_columns],
         *[f"{c.split(':', 1)[1]} ppl" for c in ppl_columns],
     ]
+    table_head = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     if parents:
-        lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += [_table_row(r, task_columns, ppl_columns) for r in parents]
-    for method, ratio, items in _groups(rows):
-        lines += ["", f"## {method}, ratio {ratio:g}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += [_table_row(r, task_columns, ppl_columns) for r in items]
-    lines += ["", "## What the numbers show", ""]
-    lines += [f"- {text}" for text in readings] or ["- No finished pair yet."]
+        lines += ["", *table_head, *[_table_row(r, extra, task_columns, ppl_columns) for r in parents]]
+    for title, items in _groups(rows):
+        lines += ["", f"## {title}", "", *table_head, *[_table_row(r, extra, task_columns, ppl_columns) for r in items]]
+    if any(r["uncounted_inheritance"] for r in rows):
+        lines += ["", INHERITED_NOTE]
+    if any(r["lr"] is not None for r in rows):
+        lines += [
+            "",
+            "Learning rates: every compared arm was trained at each value of `lr`; the tables show the one with the "
+            "lowest final validation loss (on the validation slice, not the held-out one). Per arm: "
+            + "; ".join(f"`{r['arm']}` {r['lr']:g}" for r in rows if r["selected"] and r["lr"] is not None)
+            + ".",
+        ]
+    lines += ["", "## Comparisons", "", _comparison_table(comparisons), "", "## What the numbers show", ""]
+    lines += [f"- {text}" for text in readings] or ["- No evaluated pair yet."]
     lines += [
         "",
-        f"A difference below {spec.tie_threshold:g} nats of validation loss is called a tie; each arm is a single "
-        "seed, so smaller differences are not evidence.",
+        f"How a comparison is decided: {METHOD}, {spec.eval.resamples:,} resamples, {spec.eval.confidence:.0%} "
+        "intervals. A comparison whose interval contains zero is a tie at this sample size; the interval covers the "
+        "held-out windows (and seeds) drawn, not other training runs unless several seeds were run.",
+        "",
+        "## Compared with the paper",
+        "",
+        *[f"- {line}" for line in paper],
         "",
         "## Token and FLOP ledger",
         "",
@@ -275,32 +486,87 @@ def render_markdown(spec: StudySpec, rows, ledger: Ledger, readings: list[str], 
         "",
         "## Plots",
         "",
+        "Curves: validation loss on the validation slice, with a point at step 0 (the starting model: for `P_M-R_N` "
+        "the pruned parent before retraining).",
+        "",
     ]
     for name, path in plots.items():
         lines.append(f"![{name}]({Path(path).relative_to(out).as_posix()})")
     return "\n".join(lines) + "\n"
 
 
-def _groups(rows):
+def _evaluation_text(spec: StudySpec, rows: list[dict[str, Any]]) -> str:
+    """Where the numbers come from: slices, windows and tokens."""
+    data = spec.data
+    seq_len = data.get("seq_len")
+    val = data.get("val_slice", "val")
+    val_size = (
+        f"{data['val_tokens']:,} tokens" if data.get("val_tokens") else f"{data.get('val_max_windows', 'all')} windows"
+    )
+    text = (
+        f"Evaluation: the held-out loss is the mean next-token loss on "
+        f"{_heldout_size(spec, rows)} of slice `{spec.eval.loss_slice}`, windows of {seq_len} tokens (the training "
+        f"context) spread evenly over the whole slice; every arm reads the same windows. Validation (curves, "
+        f"learning-rate choice) reads {val_size} spread over slice `{val}`."
+    )
+    if spec.eval.tasks:
+        text += f" Tasks: {', '.join(spec.eval.tasks)}, {spec.eval.limit or 'all'} examples drawn by a seeded shuffle."
+    return text
+
+
+def _heldout_size(spec: StudySpec, rows: list[dict[str, Any]]) -> str:
+    if spec.eval.loss_tokens is None:
+        return "every window"
+    seq_len = spec.data.get("seq_len") or 1
+    windows = spec.eval.loss_tokens // seq_len
+    return f"{windows:,} windows ({windows * seq_len:,} tokens)"
+
+
+def _comparison_table(comparisons: list[Comparison]) -> str:
+    lines = [
+        "| method | ratio | N | setting | scratch arm | held-out loss, scratch - P_M-R_N (interval) | decision |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        decision = {"pruned": "P_M-R_N beats", "scratch": "scratch beats", "tie": "tie", None: "not evaluated"}
+        interval = "-" if c.loss is None else c.loss.text()
+        lines.append(
+            f"| {c.method} | {c.ratio:g} | {c.n:,} | {c.setting} | `{c.scratch}` | {interval} | {decision[c.verdict]} |"
+        )
+    return "\n".join(lines)
+
+
+def _groups(rows: list[dict[str, Any]]):
+    """(title, rows) per method x ratio: its pruned arms and their scratch partners, by N and arm."""
+    shown = [r for r in rows if r["selected"] and r["label"] != "P_M"]
     seen: dict[tuple[str, float], list[dict[str, Any]]] = {}
-    for method, ratio, _n, pr, s_n, s_long in _pairs(rows):
-        items = seen.setdefault((method, ratio), [])
-        for row in (s_n, pr, s_long):
-            if row is not None and row not in items:
+    for pr in (r for r in shown if r["label"] == "P_M-R_N"):
+        method = pr["methods"].split(",")[0]
+        name = method if pr["pattern"] in (None, "unstructured") else f"{method} {pr['pattern']}"
+        items = seen.setdefault((name, pr["ratio"]), [])
+        for row in shown:
+            if (
+                (row is pr or (row["label"] != "P_M-R_N" and method in row["methods"].split(",")))
+                and row["ratio"] == pr["ratio"]
+                and row["pattern"] == pr["pattern"]
+                and row not in items
+            ):
                 items.append(row)
-    for (method, ratio), items in seen.items():
-        items.sort(key=lambda r: (r["N"], ARM_ORDER.get(r["label"], 3)))
-        yield method, ratio, items
+    for (name, ratio), items in seen.items():
+        items.sort(key=lambda r: (r["N"], r["seed"] or 0, ARM_ORDER.get(r["label"], 3), r["label"]))
+        yield f"{name}, ratio {ratio:g}", items
 
 
-def _table_row(row, task_columns, ppl_columns) -> str:
+def _table_row(row, extra, task_columns, ppl_columns) -> str:
+    total = _tokens(row["total_tokens"]) + (INHERITED_MARK if row["uncounted_inheritance"] else "")
     cells = [
         f"`{row['label']}`" if row["label"] != "P_M" else f"`P_M` ({row['arm']})",
+        *[("-" if row[c] is None else f"{row[c]:g}") for c in extra],
         _fmt_int(row["N"]),
         f"{_tokens(row['train_tokens'])} ({row['train_tokens_label']})",
-        _tokens(row["total_tokens"]),
+        total,
+        _fmt(row["heldout_loss"]),
         _fmt(row["val_loss"]),
-        _fmt(row["val_ppl"], 2),
         *[_fmt(row.get(c)) for c in task_columns],
         *[_fmt(row.get(c), 2) for c in ppl_columns],
     ]

@@ -10,7 +10,8 @@ What it does, in order:
    (`<out_dir>/logs/<arm>.log`). `--workers K` runs up to K arms at a time (`run_arms`), each as soon as the arms it
    depends on have finished (the parents): by default one per CPU core with one thread each, or one per GPU.
 4. Evaluates every finished arm's export (`litprune.eval.run.run_eval`: the configured tasks and held-out
-   perplexity), writing `<run dir>/eval.json`.
+   perplexity; `litprune.study.heldout`: the loss of every held-out window, which the report's intervals pair),
+   writing `<run dir>/eval.json`.
 5. Writes the ledger, `results.csv`, `results.json`, `report.md` and the plots (`litprune.study.report`).
 
 Resuming: rerun the same command. An arm whose `results.json` exists and whose config is unchanged (its hash is
@@ -121,12 +122,14 @@ def run_study(
     write_arm_configs(arms)
     statuses = {arm.id: arm_status(arm) for arm in arms}
     echo(_plan_text(spec, arms, statuses))
+    planned = build_ledger(spec, arms, measured=False)
     if dry_run:
-        ledger = build_ledger(spec, arms, measured=False)
-        echo("\nPlanned token ledger (" + ledger.convention + "):\n" + ledger.to_markdown())
-        if not ledger.ok:
-            raise StudyError("The planned budgets do not match their definitions:\n" + ledger.to_markdown())
-        return {"dry_run": True, "arms": [_arm_summary(a, statuses[a.id]) for a in arms], "ledger_ok": ledger.ok}
+        echo("\nPlanned token ledger (" + planned.convention + "):\n" + planned.to_markdown())
+    if not planned.ok:
+        # Nothing is trained on a plan whose budgets or token ranges already break the study's definitions.
+        raise StudyError("The planned budgets do not match their definitions:\n" + planned.to_markdown())
+    if dry_run:
+        return {"dry_run": True, "arms": [_arm_summary(a, statuses[a.id]) for a in arms], "ledger_ok": planned.ok}
 
     python = python or sys.executable
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -510,9 +513,15 @@ def _evaluate_all(spec: StudySpec, arms: list[Arm], echo: Any) -> None:
 
 
 def _evaluate(spec: StudySpec, pending: list[Arm], settings: dict[str, Any], run_eval: Any, echo: Any) -> None:
+    from litprune.eval.run import load_for_eval
+    from litprune.study.heldout import heldout_loss, heldout_windows
+
+    windows = None
     for index, arm in enumerate(pending, 1):
         start = time.monotonic()
         out = arm.run_dir / EVAL_RECORD
+        if spec.eval.loss_slice is not None and windows is None:
+            windows = heldout_windows(spec)
         record = run_eval(
             model=str(arm.run_dir / "export"),
             tasks=list(spec.eval.tasks),
@@ -525,6 +534,9 @@ def _evaluate(spec: StudySpec, pending: list[Arm], settings: dict[str, Any], run
             max_windows=spec.eval.max_windows,
             max_examples=spec.eval.max_examples,
         )
+        if windows is not None:
+            loaded = load_for_eval(arm.run_dir / "export")
+            record["heldout_loss"] = heldout_loss(loaded.model, spec, windows)
         record["study"] = {"settings": settings, "config_hash": arm.config_hash}
         atomic_write_json(out, record, default=str)
         echo(f"[eval {index}/{len(pending)}] {arm.id}: {time.monotonic() - start:.0f} s")

@@ -41,6 +41,7 @@ from litprune.data.tokenizer import DEFAULT_VOCAB_SIZE
 from litprune.inits.sparse import CONTROLS
 from litprune.pruning.sparse import METHODS as SPARSE_METHODS
 from litprune.pruning.structured import STRUCTURED_METHODS
+from litprune.study.records import declared_range
 from litprune.training.budget import TokenBudget
 from litprune.utils.suggest import did_you_mean
 
@@ -129,9 +130,18 @@ class EvalSpec:
         perplexity: text sources for held-out perplexity (`embedded` = the embedded corpus's test split).
         limit: examples per task (None: all).
         max_windows: perplexity windows per source.
-        seq_len: perplexity window length (None: the paper's 8192 or the model's context, whichever is shorter).
+        seq_len: perplexity window length (None: the training context length the export records, as `litprune
+            eval` chooses it).
         batch_size: lm-eval requests per forward pass.
         max_examples: examples generated per offline task.
+        loss_slice: the data slice (a name of `data.slices`, or a split when the study defines no slices) on which
+            every finished arm's held-out loss is measured, window by window, at the training context length: the
+            report's comparisons and intervals come from it. It must not overlap any slice an arm trains or
+            validates on (the validation slice chooses the learning rate; see `lr`). None: no held-out loss.
+        loss_tokens: tokens of held-out loss windows, spread evenly over the whole slice (`loss_tokens // seq_len`
+            windows; None: the whole slice).
+        resamples: bootstrap resamples of every interval.
+        confidence: the intervals' coverage (0.95: 95% intervals).
         enabled: set false to skip evaluation (the report then shows validation loss only).
     """
 
@@ -142,6 +152,10 @@ class EvalSpec:
     seq_len: int | None = None
     batch_size: int = 16
     max_examples: int = 500
+    loss_slice: str | None = "test"
+    loss_tokens: int | None = 65536
+    resamples: int = 2000
+    confidence: float = 0.95
     enabled: bool = True
 
 
@@ -182,9 +196,15 @@ class StudySpec:
         checkpoint: ModelCheckpoint arguments (default: a checkpoint at every validation).
         scratch_init: `seed` and `scheme` of the scratch arms' random init (sparse: the control's seed).
         seed_everything: the global seed of every arm.
+        seeds: repeat the whole study once per seed: seed s replaces `seed_everything`, every parent's `init.seed`,
+            `scratch_init.seed`, `data.seed` (the training order) and `calibration.seed`. None: one repetition
+            with the seeds as configured. With several seeds the report shows the mean and spread.
+        lr: peak learning rates to sweep for the compared arms (`S_N`, `P_M-R_N`, `S_M+N`; the parent trains at its
+            `model.lr`): each arm is trained at each value and the one with the lowest final loss on the
+            validation slice (`data.val_slice`) is reported; the report's numbers come from `eval.loss_slice`,
+            which is disjoint from it. None: every arm at `model.lr`.
         curve_points: validations per arm (the points of the loss curves).
         eval: evaluation of every finished arm.
-        tie_threshold: validation-loss differences below this (nats) are reported as ties.
         env: environment variables of the arm processes (e.g. `OMP_NUM_THREADS`).
         source: the file the study was read from (set by `load_study`).
     """
@@ -203,15 +223,26 @@ class StudySpec:
     checkpoint: dict[str, Any] = field(default_factory=dict)
     scratch_init: dict[str, Any] = field(default_factory=lambda: {"seed": 0, "scheme": "normal"})
     seed_everything: int = 0
+    seeds: list[int] | None = None
+    lr: list[float] | None = None
     curve_points: int = 8
     eval: EvalSpec = field(default_factory=EvalSpec)
-    tie_threshold: float = 0.02
     env: dict[str, str] = field(default_factory=dict)
     source: str | None = None
 
     @property
     def out_path(self) -> Path:
         return Path(self.out_dir).expanduser()
+
+    @property
+    def seed_values(self) -> list[int | None]:
+        """The repetitions: each of `seeds`, or one repetition (None) with the seeds as configured."""
+        return list(self.seeds) if self.seeds else [None]
+
+    @property
+    def lr_values(self) -> list[float | None]:
+        """The swept peak learning rates, or one value (None: `model.lr`)."""
+        return [float(v) for v in self.lr] if self.lr else [None]
 
     def parent_of(self, method: MethodSpec) -> str:
         """Name of the parent a method prunes (its own `parent`, else the only parent)."""
@@ -343,6 +374,7 @@ def check_study(spec: StudySpec) -> None:
                                 step,
                                 problems,
                             )
+    _check_repetitions(spec, problems)
     _check_slices(spec, problems)
     _check_calibration(spec, problems)
     _check_eval(spec, problems)
@@ -352,6 +384,26 @@ def check_study(spec: StudySpec) -> None:
         problems.append(f"curve_points={spec.curve_points!r} must be a positive integer (validations per arm)")
     if problems:
         raise StudyError(_format(spec.source or f"study {spec.name!r}", problems))
+
+
+def _check_repetitions(spec: StudySpec, problems: list[str]) -> None:
+    """`seeds` and `lr`: None or non-empty lists of distinct values of the right type."""
+    for key, valid, example in (
+        ("seeds", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "[0, 1, 2]"),
+        ("lr", lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < 1, "[1.0e-3, 3.0e-3]"),
+    ):
+        values = getattr(spec, key)
+        if values is None:
+            continue
+        if not isinstance(values, list) or not values:
+            problems.append(f"{key}={values!r} must be a non-empty list, e.g. {key}: {example}, or left out")
+            continue
+        bad = [v for v in values if not valid(v)]
+        if bad:
+            what = "non-negative integers" if key == "seeds" else "learning rates in (0, 1)"
+            problems.append(f"{key} entries {bad!r} must be {what}, e.g. {key}: {example}")
+        elif len(set(values)) != len(values):
+            problems.append(f"{key}={values!r} repeats a value; list each once")
 
 
 def _check_budget_values(spec: StudySpec, problems: list[str]) -> None:
@@ -578,19 +630,57 @@ def _check_slices(spec: StudySpec, problems: list[str]) -> None:
     for key in ("train_slice",):
         if key in spec.data:
             problems.append(f"data.{key} is set by the study for each arm (slices.parent / retrain / long); remove it")
-    if "S_M+N" in spec.arms and not problems:
+    if problems:
+        return
+    slices = defined if isinstance(defined, dict) else {}
+    calibration = declared_range(slices, spec.slices.calibration, "calibration")
+    if "S_M+N" in spec.arms:
         try:
-            name, _ = long_slice(spec)
+            name, joined = long_slice(spec)
         except StudyError as err:
             problems.append(str(err))
             return
-        joined = {name, spec.slices.parent, spec.slices.retrain}
-        if any(m.kind == "sparse" for m in spec.methods) and spec.slices.calibration in joined:
+        long = declared_range({**slices, **({name: joined} if joined else {})}, name, "long")
+        if any(m.kind == "sparse" for m in spec.methods) and calibration.overlaps(long):
             problems.append(
-                f"slices.calibration={spec.slices.calibration!r} is part of the tokens S_M+N trains on, but the sparse "
+                f"slices.calibration ({calibration}) overlaps the tokens S_M+N trains on ({long}), but the sparse "
                 "S_M+N arms draw their mask from calibration windows read in the same data module, whose slices may "
                 "not overlap. Define a separate calibration slice (e.g. the first 131072 tokens of the train split, "
                 "before the parent's slice) and name it in slices.calibration"
+            )
+    _check_heldout_slices(spec, slices, problems)
+
+
+def _check_heldout_slices(spec: StudySpec, slices: dict[str, Any], problems: list[str]) -> None:
+    """The report's held-out loss slice must be disjoint from every slice an arm trains, calibrates or validates
+    on (validation chooses the learning rate, so the report's numbers must come from other tokens)."""
+    if not spec.eval.enabled or spec.eval.loss_slice is None:
+        return
+    loss = spec.eval.loss_slice
+    names = set(slices) if slices else {"train", "val", "test"}
+    if loss not in names:
+        problems.append(
+            f"eval.loss_slice={loss!r} is not a slice of data.slices (defined: {sorted(names)}); add a held-out slice "
+            "(e.g. heldout: {split: test}) or set eval.loss_slice: null"
+        )
+        return
+    heldout = declared_range(slices, loss, "heldout")
+    roles = {
+        "slices.parent": spec.slices.parent,
+        "slices.retrain": spec.slices.retrain,
+        "slices.calibration": spec.slices.calibration,
+        "data.val_slice": spec.data.get("val_slice", "val"),
+    }
+    if spec.slices.long is not None:
+        roles["slices.long"] = spec.slices.long
+    for role, name in roles.items():
+        if name is None:
+            continue
+        other = declared_range(slices, name, role)
+        if heldout.overlaps(other):
+            problems.append(
+                f"eval.loss_slice={loss!r} ({heldout}) overlaps {role}={name!r} ({other}); the report's numbers must "
+                "come from tokens no arm trains, calibrates or chooses its learning rate on. Name another slice"
             )
 
 
@@ -647,7 +737,13 @@ def _check_eval(spec: StudySpec, problems: list[str]) -> None:
         return
     if ev.limit is not None and (not isinstance(ev.limit, int) or ev.limit < 1):
         problems.append(f"eval.limit={ev.limit!r} must be a positive integer or null")
-    for key in ("max_windows", "batch_size", "max_examples"):
+    if ev.loss_tokens is not None and (
+        isinstance(ev.loss_tokens, bool) or not isinstance(ev.loss_tokens, int) or ev.loss_tokens < 1
+    ):
+        problems.append(f"eval.loss_tokens={ev.loss_tokens!r} must be a positive number of tokens, or null (all)")
+    if isinstance(ev.confidence, bool) or not isinstance(ev.confidence, float) or not 0.5 <= ev.confidence < 1:
+        problems.append(f"eval.confidence={ev.confidence!r} must be a coverage in [0.5, 1), e.g. 0.95")
+    for key in ("max_windows", "batch_size", "max_examples", "resamples"):
         value = getattr(ev, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             problems.append(f"eval.{key}={value!r} must be a positive integer")
