@@ -4,27 +4,34 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
 
-from litprune.callbacks.distributed import check_mask_strategy, mask_checksums, masks_differing_across_ranks
+from litprune.callbacks.distributed import check_mask_strategy, mask_digests, masks_differing_across_ranks
 
 
-def test_sharded_strategies_are_refused_with_what_to_use_instead():
+def test_flattening_strategies_are_refused_with_what_to_use_instead():
     check_mask_strategy(SingleDeviceStrategy(torch.device("cpu")))
     check_mask_strategy(DDPStrategy())
-    with pytest.raises(ValueError, match=r"SparseMask supports single-device and DDP.*FSDPStrategy shards.*'ddp'"):
+    check_mask_strategy(ModelParallelStrategy())
+    with pytest.raises(
+        ValueError,
+        match=r"SparseMask supports single-device, DDP and FSDP2.*FSDPStrategy flattens.*"
+        r"ModelParallelStrategy.*configs/trainer/fsdp_8b.yaml.*'ddp'",
+    ):
         check_mask_strategy(FSDPStrategy())
 
 
-def test_checksums_tell_masks_apart_by_row_and_column():
+def test_digests_tell_apart_masks_that_row_and_column_sums_confuse():
     mask = torch.zeros(4, 6, dtype=torch.bool)
-    mask[1, 2] = True
-    moved_row, moved_col = torch.zeros_like(mask), torch.zeros_like(mask)
-    moved_row[2, 2] = True  # same count, same column
-    moved_col[1, 3] = True  # same count, same row
-    sums = mask_checksums({"a": mask, "b": moved_row, "c": moved_col, "d": mask.clone()})
-    assert sums.shape == (4, 2) and sums.dtype == torch.float64
-    assert not torch.equal(sums[0], sums[1]) and not torch.equal(sums[0], sums[2]) and torch.equal(sums[0], sums[3])
+    mask[1, 2] = mask[2, 3] = True
+    swapped = torch.zeros_like(mask)
+    swapped[1, 3] = swapped[2, 2] = True  # a 2x2 swap: every row count and every column count is unchanged
+    assert torch.equal(mask.sum(0), swapped.sum(0)) and torch.equal(mask.sum(1), swapped.sum(1))
+    reshaped = mask.reshape(6, 4)  # same bits, another shape
+    digests = mask_digests({"a": mask, "b": swapped, "c": reshaped, "d": mask.clone()})
+    assert digests.shape == (4, 33) and digests.dtype == torch.int64
+    assert not torch.equal(digests[0], digests[1]) and not torch.equal(digests[0], digests[2])
+    assert torch.equal(digests[0], digests[3])
 
 
 def test_a_single_process_has_nothing_to_compare():

@@ -1,4 +1,4 @@
-"""The paper-scale config (Llama-3.1-8B, FSDP, bf16, activation checkpointing) resolves, and its model builds on
+"""The paper-scale config (Llama-3.1-8B, FSDP2, bf16, activation checkpointing) resolves, and its model builds on
 the meta device with the paper's parameter count and step arithmetic (no GPU and no memory needed)."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ import pytest
 import torch
 import yaml
 from jsonargparse import ArgumentParser
-from lightning.pytorch.strategies import FSDPStrategy
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 from litprune.models.params import count_parameters
 from litprune.modules.causal_lm import CausalLM
@@ -50,14 +49,16 @@ def test_8b_budget_is_the_papers_step_count(config):
     assert budget.steps == 50_000
 
 
-def test_fsdp_strategy_resolves_with_layer_wrapping_and_checkpointing(config):
+def test_fsdp2_strategy_resolves_with_data_parallel_sharding_and_checkpointing(config):
     parser = ArgumentParser()
-    parser.add_argument("--strategy", type=FSDPStrategy)
+    parser.add_argument("--strategy", type=ModelParallelStrategy)
     parsed = parser.parse_object({"strategy": config["trainer"]["strategy"]})
     strategy = parser.instantiate_classes(parsed).strategy
-    assert isinstance(strategy, FSDPStrategy)
+    assert isinstance(strategy, ModelParallelStrategy)
     assert config["trainer"]["precision"] == "bf16-mixed"
-    kwargs = strategy.kwargs
-    assert LlamaDecoderLayer in kwargs["auto_wrap_policy"]._module_classes
-    assert strategy._activation_checkpointing_kwargs
-    assert strategy.sharding_strategy.name == "FULL_SHARD"
+    trainer = config["trainer"]
+    # Every process holds one shard: FSDP2 over all of them, no tensor parallelism.
+    assert strategy._data_parallel_size == trainer["devices"] * trainer["num_nodes"]
+    assert strategy._tensor_parallel_size == 1
+    assert strategy._save_distributed_checkpoint is True
+    assert config["model"]["init_args"]["activation_checkpointing"] is True

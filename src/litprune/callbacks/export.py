@@ -11,6 +11,10 @@ of `litprune.models.sparse_checkpoint`: the pruned weights are zeros in place (p
 it), `sparsity_masks.safetensors` holds the keep-masks keyed by the Hugging Face parameter names and
 `sparsity.json` the pruning record with the measured sparsity. `FromPretrained` of such an export hands the masks
 back, so a further run keeps them too.
+
+Under FSDP2 (`ModelParallelStrategy`) every rank takes part in gathering the full weights and the full masks onto
+rank 0, which rebuilds an ordinary (unsharded) model from them and writes the same files as an unsharded run: the
+masked weights are exactly 0, checked before writing.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from lightning.pytorch import Callback
 from torch import Tensor
 
 from litprune.inits.masks import module_masks
+from litprune.models.sharding import unsharded_copy
 from litprune.utils.atomic import atomic_dir
 
 # Keys of a sparse init's record (`SparsePrune`) that describe the masks; copied into `sparsity.json`.
@@ -68,7 +73,9 @@ class HFExport(Callback):
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         run_dir = Path(trainer.default_root_dir)  # the run directory, whichever loggers are attached
-        state_dict = full_state_dict(trainer)  # a collective under sharded strategies (FSDP)
+        # Both are collectives under sharded strategies: every rank gathers, rank 0 writes.
+        state_dict = full_state_dict(trainer)
+        masks = self.run_masks(trainer, pl_module) if self.sparse else {}
         if not trainer.is_global_zero:
             return
         record = {"run": pl_module.run_record() if hasattr(pl_module, "run_record") else {}}
@@ -76,12 +83,13 @@ class HFExport(Callback):
         if datamodule is not None and hasattr(datamodule, "record"):
             record["data"] = datamodule.record()
         tokenizer = getattr(datamodule, "tokenizer", None)
-        masks, sparse_record = (self.run_masks(trainer, pl_module), None) if self.sparse else ({}, None)
+        sparse_record = None
         if masks:
             sparse_record = sparsity_record(masks, getattr(pl_module, "init_record", None) or {}, trainer)
-        self.path = export_model(
-            pl_module.model, tokenizer, record, run_dir / self.dirname, masks, sparse_record, state_dict=state_dict
-        )
+        model = pl_module.model
+        if state_dict is not None:  # sharded: an ordinary model holding the gathered tensors
+            model, state_dict = unsharded_copy(model, state_dict), None
+        self.path = export_model(model, tokenizer, record, run_dir / self.dirname, masks, sparse_record, state_dict)
 
     @staticmethod
     def run_masks(trainer: Any, pl_module: Any) -> dict[str, Tensor]:
@@ -89,10 +97,11 @@ class HFExport(Callback):
 
         The `SparseMask` callbacks' masks (keyed by `pl_module` names, `model.` + the HF name) win; without such
         a callback, the module's `pruning_masks`. Masks of parameters outside `pl_module.model` are left out.
+        Under FSDP2 the callbacks' masks are gathered whole: every rank must call it.
         """
         masks: dict[str, Tensor] = {}
         for callback in _mask_callbacks(trainer):
-            masks.update(callback.masks)
+            masks.update(callback.full_masks())
         if not masks:
             masks = dict(module_masks(pl_module) or {})
         return {name.removeprefix("model."): mask for name, mask in masks.items() if name.startswith("model.")}
@@ -171,7 +180,8 @@ def full_state_dict(trainer: Any) -> dict[str, Tensor] | None:
     """The model's full state dict gathered onto rank 0 (CPU) when the strategy shards it; None otherwise.
 
     Under FSDP every rank holds a shard, so `save_pretrained` on the module would write shards; this gathers
-    the whole tensors (every rank must call it) with keys of the Hugging Face model (`pl_module.model`).
+    the whole tensors (every rank must call it) with keys of the Hugging Face model (`pl_module.model`); ranks
+    other than 0 get an empty dict.
     """
     name = type(getattr(trainer, "strategy", None)).__name__
     if "FSDP" not in name and "ModelParallel" not in name:

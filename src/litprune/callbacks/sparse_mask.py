@@ -18,9 +18,19 @@ Design choices (each one answers a failure users report with existing tools, doc
   which also reads the states older versions wrote.
 - Schedules count optimizer steps, not epochs; their settings and arithmetic are a plain frozen dataclass,
   `litprune.pruning.schedules.PruningSchedule`, so this class only decides *when* to ask it.
-- Under DDP every rank computes the same masks (Wanda statistics are all-reduced first) and a checksum
+- Under DDP every rank computes the same masks (Wanda statistics are all-reduced first) and an exact digest
   comparison across ranks turns any divergence into an error instead of silently different models
   (`litprune.callbacks.distributed`).
+- Under FSDP2 (Lightning's `ModelParallelStrategy`) a parameter is a DTensor sharded on dim 0 and each rank keeps
+  the mask of its own rows only (the shape of `param.to_local()`), applied to the local gradient and weight at the
+  same points as above. The callback holds the sharded parameter objects, which FSDP2 keeps from step to step and
+  all-gathers from before each forward; when masks change outside the optimizer step (fit start, pruning events,
+  validation, restore) any gathered copy a forward left behind is dropped first (`reshard`), so the next forward
+  sees the masked shards. Row-wise rules (N:M, per-row ratios) run on the local rows (whole under `Shard(0)`, checked);
+  a per-tensor ratio gathers the tensor's scores for one global k-th value, so a sharded run prunes exactly what an
+  unsharded one would. Sparsity is counted globally (all-reduce). The checkpoint state always holds *full* masks
+  (gathered: rank 0 writes the state, for full and distributed checkpoints alike), so a resume re-slices them for
+  however many ranks it runs on.
 """
 
 from __future__ import annotations
@@ -39,8 +49,23 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from litprune.callbacks.distributed import check_mask_strategy, masks_differing_across_ranks, sum_across_ranks
+from litprune.callbacks.distributed import (
+    check_mask_strategy,
+    distributed_ready,
+    gather_per_rank,
+    masks_differing_across_ranks,
+    sum_across_ranks,
+    sum_counts,
+)
 from litprune.inits.masks import MASKS_ATTRIBUTE, module_masks
+from litprune.models.sharding import (
+    check_whole_rows,
+    full_tensor,
+    is_dtensor,
+    local_slice,
+    local_tensor,
+    reshard_all,
+)
 from litprune.pruning.activation_norms import ActivationNorms
 from litprune.pruning.patterns import nm_mask, unstructured_mask
 from litprune.pruning.schedules import PruningSchedule, ScheduleKind
@@ -49,6 +74,7 @@ from litprune.training.log_step import optimizer_stepped, training_log_step
 from litprune.training.mask_state import (
     STATE_VERSION,
     describe_differences,
+    own_input_norms,
     pack_masks,
     state_version,
     unpack_masks,
@@ -118,7 +144,9 @@ class SparseMask(Callback):
       state to the current format (`upgrade_state`), compare the settings fingerprint, unpack the masks, verify
       every masked weight is exactly zero.
     - `on_fit_start`: build masks from `mask_source` (unless restored), run a magnitude event due at this step,
-      apply masks, register the optimizer step pre/post hooks and Wanda forward hooks, check ranks agree.
+      apply masks, register the optimizer step pre/post hooks and Wanda forward hooks, check ranks agree. Under
+      `ModelParallelStrategy`, which restores checkpoints only after `on_fit_start`, all this waits for
+      `on_train_start`.
     - `on_train_batch_start`: run a pruning event if one is due at `trainer.global_step`.
     - `on_before_optimizer_step`: with `clip_on="masked"`, mask gradients before Lightning clips them.
     - optimizer step pre-hook: Lightning runs forward, backward, `on_before_optimizer_step` and clipping
@@ -135,8 +163,9 @@ class SparseMask(Callback):
       `STATE_VERSION`).
     - `teardown`: remove every hook; the final masks stay readable through `masks`.
 
-    Supported strategies: single device and DDP (any precision). Sharded strategies (FSDP, ModelParallel,
-    DeepSpeed) are rejected with an error at setup.
+    Supported strategies: single device, DDP (any precision) and FSDP2 through `ModelParallelStrategy` (masks of
+    the local rows; `masks` is then this rank's part and `full_masks()` gathers them). Strategies that flatten
+    parameters (Lightning's `FSDPStrategy`, DeepSpeed) are rejected with an error at setup.
 
     Args:
         targets: Regex that must fully match (`re.fullmatch`) the `pl_module.named_parameters()` names of the
@@ -284,6 +313,10 @@ class SparseMask(Callback):
         self._unbound_module: pl.LightningModule | None = None
         self._last_logged_step = -1
         self._warned_missing_in_checkpoint = False
+        self._sharded = False
+        self._world_size = 1
+        self._start_pending = False
+        self._full_cache: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
         #: Seconds spent inside this callback's hooks, by hook, since construction (perf_counter; on GPUs
         #: this is host time, kernels run asynchronously).
         self.hook_time_s: dict[str, float] = {}
@@ -354,10 +387,28 @@ class SparseMask(Callback):
 
     @property
     def masks(self) -> dict[str, Tensor]:
-        """Current keep-masks (True = keep) by parameter name; in paper semantics, `weight != 0`."""
+        """Current keep-masks (True = keep) by parameter name; in paper semantics, `weight != 0`.
+
+        Under FSDP2 each is this rank's part (the rows of `param.to_local()`); `full_masks()` gathers them.
+        """
         if self.semantics == "paper":
-            return {name: p.detach() != 0 for name, p in self._params.items() if name in self._masks}
+            return {name: _local(p).detach() != 0 for name, p in self._params.items() if name in self._masks}
         return dict(self._masks)
+
+    def full_masks(self) -> dict[str, Tensor]:
+        """The whole keep-mask of every target (the same as `masks` unless parameters are sharded).
+
+        Under FSDP2 this gathers every rank's rows: every rank must call it. The result is kept until the masks
+        change, so a checkpoint save gathers once.
+        """
+        if not self._sharded:
+            return self.masks
+        current = self._masks
+        if self.semantics == "explicit" and self._full_cache is not None and self._full_cache[0] is current:
+            return dict(self._full_cache[1])
+        full = {name: full_tensor(mask, self._params[name]) for name, mask in self.masks.items()}
+        self._full_cache = (current, full)
+        return dict(full)
 
     @property
     def current_ratio(self) -> float:
@@ -374,17 +425,23 @@ class SparseMask(Callback):
 
         The global value is total pruned entries over total entries of all masked tensors, so tensors that share
         a module are each counted once with their own size. `sparsity/target` is the schedule's `current_ratio`.
+        Under FSDP2 the counts of every rank's rows are summed (an all-reduce: every rank must call it).
         """
         masks = self.masks
+        counts = torch.tensor(
+            [[mask.numel() - int(mask.count_nonzero()), mask.numel()] for mask in masks.values()], dtype=torch.int64
+        ).reshape(len(masks), 2)
+        if self._sharded and masks:
+            device = next(iter(masks.values())).device
+            counts = sum_counts(counts.to(device), self._world_size).cpu()
         report: dict[str, float] = {}
         pruned_total = 0
         numel_total = 0
-        for name, mask in masks.items():
-            pruned = int(mask.numel() - mask.count_nonzero().item())
+        for name, (pruned, numel) in zip(masks, counts.tolist(), strict=True):
             pruned_total += pruned
-            numel_total += mask.numel()
+            numel_total += numel
             if self.log_per_parameter:
-                report[f"sparsity/{name}"] = pruned / mask.numel()
+                report[f"sparsity/{name}"] = pruned / numel if numel else 0.0
         report["sparsity/global"] = pruned_total / numel_total if numel_total else 0.0
         if self.schedule != "none":
             report["sparsity/target"] = self._current_ratio
@@ -406,6 +463,10 @@ class SparseMask(Callback):
             self._restored = False
             self._last_logged_step = -1
             self._norms = None
+            self._sharded = False
+            self._start_pending = False
+            self._world_size = trainer.world_size
+            self._full_cache = None
             self._unbound_module = pl_module
             # A module that builds its layers in `configure_model` (Lightning calls it after `setup`, as litprune's
             # CausalLM does) has no parameters yet: the targets are then resolved once it has, when a checkpoint's
@@ -448,17 +509,27 @@ class SparseMask(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        # Lightning asks every rank for its callback states when a checkpoint is saved, so the collectives below
+        # (sharded masks, per-rank Wanda statistics) run on all ranks; rank 0's copy is written.
         if not self._masks:
             return {}
         state: dict[str, Any] = {
             "version": STATE_VERSION,
             "settings": self.settings(),
-            "masks": pack_masks(self.masks),
+            "masks": pack_masks(self.full_masks()),
             "last_event_step": int(self._last_event_step),
             "current_ratio": float(self._current_ratio),
         }
         if self._norms is not None:
             state["input_norms"] = self._norms.state_dict()
+            if distributed_ready(self._world_size):
+                # Each rank gathers its own statistics until the next event; keep all of them, not only rank 0's.
+                sum_sq = self._norms.sum_sq.detach()
+                rows = torch.tensor([float(self._norms.num_rows)], dtype=torch.float64, device=sum_sq.device)
+                state["input_norms_by_rank"] = {
+                    "sum_sq": gather_per_rank(sum_sq, self._world_size).cpu(),
+                    "num_rows": [int(n) for n in gather_per_rank(rows, self._world_size).flatten().tolist()],
+                }
         return state
 
     @override
@@ -468,17 +539,35 @@ class SparseMask(Callback):
                 self._bind(self._unbound_module)
             if not self._params:
                 raise RuntimeError("SparseMask.on_fit_start ran before setup; attach the callback to the Trainer.")
-            if self._restored:
-                self._masks = {name: mask.to(self._params[name].device) for name, mask in self._masks.items()}
-            else:
-                self._masks = self._initial_masks(pl_module)
-                self._apply_to_weights(self._masks)
-                if self.score == "magnitude":
-                    self._maybe_prune(trainer)
-            self._register_optimizer_hooks(trainer)
-            if self._norms is not None:
-                self._norms.attach()
-            self._check_ranks_agree(trainer)
+            if trainer.strategy.restore_checkpoint_after_setup:
+                # ModelParallelStrategy (FSDP2) restores a checkpoint, this callback's state included, only after
+                # `on_fit_start`: start once it has, at `on_train_start`.
+                self._start_pending = True
+                return
+            self._start(trainer, pl_module)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._start_pending:
+            with self._timed("on_train_start"):
+                self._start_pending = False
+                self._start(trainer, pl_module)
+
+    def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Masks from the restored state or from `mask_source` (+ a magnitude event due now), hooks, rank check."""
+        source_masks = None
+        if self._restored:
+            self._masks = {name: mask.to(_local(self._params[name]).device) for name, mask in self._masks.items()}
+        else:
+            source_masks = self._initial_masks(pl_module)
+            self._masks = self._local_masks(source_masks)
+            self._apply_to_weights(self._masks)
+            if self.score == "magnitude":
+                self._maybe_prune(trainer)
+        self._register_optimizer_hooks(trainer)
+        if self._norms is not None:
+            self._norms.attach()
+        self._check_ranks_agree(trainer, source_masks)
 
     @override
     def on_train_batch_start(
@@ -541,12 +630,19 @@ class SparseMask(Callback):
                     f"SparseMask could not find {len(missing)} masked tensors (e.g. {missing[0]!r}) in the "
                     "checkpoint's state_dict; they are saved as the strategy produced them."
                 )
+            # A full checkpoint under FSDP2 holds whole tensors on rank 0 (gathered; every rank gathers the masks,
+            # kept from `state_dict` just before); a distributed one holds each rank's DTensor shard.
+            full = self.full_masks() if self._sharded else self._masks
             with torch.no_grad():
                 for name, mask in self._masks.items():
                     tensor = tensors.get(name)
-                    if isinstance(tensor, Tensor) and tensor.shape == mask.shape:
+                    if is_dtensor(tensor):
+                        tensor, whole = tensor.to_local(), mask
+                    else:
+                        whole = full[name]
+                    if isinstance(tensor, Tensor) and tensor.shape == whole.shape:
                         # Usually the live weight's storage, already masked: this is the guarantee, not a copy.
-                        tensor.mul_(mask.to(tensor.device))
+                        tensor.mul_(whole.to(tensor.device))
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -566,7 +662,12 @@ class SparseMask(Callback):
         with self._timed("setup"):
             self._unbound_module = None
             self._pl_module = pl_module
+            reshard_all(pl_module)  # FSDP2: bind the sharded parameters, never a gathered copy
             self._params = self._resolve_targets(pl_module)
+            self._sharded = any(is_dtensor(p) for p in self._params.values())
+            if self._sharded:
+                for name, param in self._params.items():
+                    check_whole_rows(name, param)
             if self.score == "wanda" and self.schedule != "none":
                 modules = {}
                 for name in self._params:
@@ -601,10 +702,12 @@ class SparseMask(Callback):
         return params
 
     def _initial_masks(self, pl_module: pl.LightningModule) -> dict[str, Tensor]:
+        """The starting masks: whole ones for `mask_source='module'` (as the module hands them over), local ones
+        (this rank's rows) for 'dense' and 'zeros'. `_local_masks` brings either to the local rows."""
         if self.mask_source == "dense":
-            return {name: torch.ones_like(p, dtype=torch.bool) for name, p in self._params.items()}
+            return {name: torch.ones_like(_local(p), dtype=torch.bool) for name, p in self._params.items()}
         if self.mask_source == "zeros":
-            return {name: p.detach() != 0 for name, p in self._params.items()}
+            return {name: _local(p).detach() != 0 for name, p in self._params.items()}
         given = module_masks(pl_module, self.masks_attribute)
         if not isinstance(given, dict):
             raise ValueError(
@@ -632,8 +735,18 @@ class SparseMask(Callback):
                 if not bool(((mask == 0) | (mask == 1)).all()):
                     raise ValueError(f"Mask for {name!r} has dtype {mask.dtype} with values other than 0/1.")
                 mask = mask != 0
-            masks[name] = mask.to(p.device)
+            masks[name] = mask.to(_local(p).device)
         return masks
+
+    def _local_masks(self, masks: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Each mask cut to this rank's rows of its parameter (unchanged when it already has the local shape)."""
+        local = {}
+        for name, mask in masks.items():
+            param = self._params[name]
+            if is_dtensor(param) and tuple(mask.shape) == tuple(param.shape):
+                mask = local_slice(mask, param).contiguous()
+            local[name] = mask
+        return local
 
     # ------------------------------------------------------------------ optimizer step hooks
 
@@ -686,7 +799,7 @@ class SparseMask(Callback):
     def _post_step(self, names: list[str], optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         with self._timed("optimizer_post_step"), torch.no_grad():
             for name in names:
-                self._params[name].mul_(self._masks[name])
+                _local(self._params[name]).mul_(self._masks[name])
 
     def _mask_gradients(self, names: list[str]) -> None:
         with torch.no_grad():
@@ -694,10 +807,11 @@ class SparseMask(Callback):
                 param = self._params[name]
                 if param.grad is None:
                     continue
+                grad = _local(param.grad)  # this rank's rows under FSDP2 (a view: the DTensor gradient changes)
                 if self.semantics == "paper":
-                    param.grad.mul_(param != 0)
+                    grad.mul_(_local(param) != 0)
                 else:
-                    param.grad.mul_(self._masks[name])
+                    grad.mul_(self._masks[name])
 
     # ------------------------------------------------------------------ pruning events
 
@@ -727,12 +841,17 @@ class SparseMask(Callback):
         with torch.no_grad():
             for name, param in self._params.items():
                 keep = current[name]
-                scores = param.detach().abs().float()
+                scores = _local(param).detach().abs().float()  # [rows of this rank, in]
                 if norms_sum_sq is not None:
                     scores = scores * self._norms.norm(name, norms_sum_sq).to(scores.device)
                 # Already pruned entries rank first, so masks only ever shrink.
                 scores = scores.masked_fill(~keep, float("-inf"))
-                new_masks[name] = self._select(scores, step) & keep
+                if self._needs_whole_tensor and is_dtensor(param):
+                    # One k-th value for the whole tensor: rank its gathered scores as an unsharded run would.
+                    selected = local_slice(self._select(full_tensor(scores, param), step), param)
+                else:
+                    selected = self._select(scores, step)  # row-wise: the local rows are whole rows
+                new_masks[name] = selected & keep
         self._masks = new_masks
         self._apply_to_weights(new_masks)
         if self.reset_optimizer_state:
@@ -754,10 +873,18 @@ class SparseMask(Callback):
             keep = unstructured_mask(flat, self.pruning_schedule.ratio_at(step), per_row=self.per_row)
         return keep.reshape(scores.shape)
 
+    @property
+    def _needs_whole_tensor(self) -> bool:
+        """Whether a pruning event ranks a whole tensor at once (unstructured, per_row false)."""
+        return not self.pruning_schedule.sparsity_pattern.is_nm and not self.per_row
+
     def _apply_to_weights(self, masks: dict[str, Tensor]) -> None:
+        if self._sharded and self._pl_module is not None:
+            # A gathered copy left by an earlier forward would hide the change from the next forward: drop it.
+            reshard_all(self._pl_module)
         with torch.no_grad():
             for name, mask in masks.items():
-                self._params[name].mul_(mask)
+                _local(self._params[name]).mul_(mask)
 
     def _reset_optimizer_state(self, trainer: pl.Trainer, masks: dict[str, Tensor]) -> None:
         with torch.no_grad():
@@ -767,11 +894,22 @@ class SparseMask(Callback):
                     if not state:
                         continue
                     for value in state.values():
+                        value = _local(value) if isinstance(value, Tensor) else value
                         if isinstance(value, Tensor) and value.shape == mask.shape:
                             value.mul_(mask.to(value.device))
 
-    def _check_ranks_agree(self, trainer: pl.Trainer) -> None:
-        differ = masks_differing_across_ranks(self.masks, trainer.world_size)
+    def _check_ranks_agree(self, trainer: pl.Trainer, source: dict[str, Tensor] | None = None) -> None:
+        """Raise unless every rank holds the same masks (DDP), or started from the same whole masks (FSDP2,
+        `source`: each rank then keeps other rows, computed from gathered or all-reduced numbers)."""
+        if self._sharded:
+            whole = {
+                name: mask
+                for name, mask in (source or {}).items()
+                if tuple(mask.shape) == tuple(self._params[name].shape)
+            }
+            differ = masks_differing_across_ranks(whole, trainer.world_size) if whole else []
+        else:
+            differ = masks_differing_across_ranks(self.masks, trainer.world_size)
         if differ:
             raise RuntimeError(
                 f"SparseMask masks differ across the {trainer.world_size} ranks for {len(differ)} tensors "
@@ -798,10 +936,13 @@ class SparseMask(Callback):
                 f"The checkpoint was written with different SparseMask settings: {differences}. Resume with the "
                 "same settings, or start a new run from the weights only."
             )
-        masks = unpack_masks(state["masks"], self._params, self.targets)
+        # The state holds whole masks (gathered when saved under FSDP2): keep this rank's rows, whatever the number
+        # of ranks that saved them.
+        masks = self._local_masks(unpack_masks(state["masks"], self._params, self.targets))
+        masks = {name: mask.to(_local(self._params[name]).device) for name, mask in masks.items()}
         bad = []
         for name, mask in masks.items():
-            stray = int((self._params[name].detach().ne(0) & ~mask).sum())
+            stray = int((_local(self._params[name]).detach().ne(0) & ~mask).sum())
             if stray:
                 bad.append(f"{name} ({stray} masked entries are non-zero)")
         if bad:
@@ -822,7 +963,8 @@ class SparseMask(Callback):
             self.pruning_schedule.ratio_at(self._last_event_step) if saved_ratio is None else saved_ratio
         )
         if self._norms is not None and state["input_norms"] is not None:
-            self._norms.load_state_dict(state["input_norms"])
+            rank = torch.distributed.get_rank() if distributed_ready(self._world_size) else 0
+            self._norms.load_state_dict(own_input_norms(state, rank, self._world_size))
         self._restored = True
 
     # ------------------------------------------------------------------ misc
@@ -834,3 +976,8 @@ class SparseMask(Callback):
             yield
         finally:
             self.hook_time_s[key] = self.hook_time_s.get(key, 0.0) + time.perf_counter() - start
+
+
+def _local(tensor: Tensor) -> Tensor:
+    """This rank's part of a (possibly FSDP2-sharded) parameter, gradient or optimizer state: a view."""
+    return local_tensor(tensor)

@@ -6,6 +6,10 @@ the resume checks); `litprune eval` lives in `litprune.eval.run`, `litprune stud
 - `litprune fit --config configs/experiment/tiny_scratch.yaml`: train one run (resume: add `--ckpt_path last`).
 - `litprune eval runs/tiny_scratch/export --tasks offline --perplexity embedded`: lm-eval tasks and perplexity.
 - `litprune study --config configs/study/tiny.yaml`: the token-matched study (arms, ledger, report).
+- `litprune prepare --config <run config> --num-proc 16`: tokenize the run's data once, before training
+  (`litprune.cli.prepare`).
+- `litprune prune --config <pruned run's config> --out runs/x/pruned`: prune the parent once, in one process, for
+  runs of several processes to start from with `FromPretrained` (`litprune.cli.prune`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     try:
         _dispatch(argv, args is None)
-    except (ValueError, FileNotFoundError, HubAccessError, MissingExtraError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, HubAccessError, MissingExtraError) as error:
         if os.environ.get("LITPRUNE_DEBUG"):
             raise
         from litprune.cli.errors import user_message
@@ -50,6 +54,16 @@ def _dispatch(argv: list[str], from_command_line: bool) -> None:
         from litprune.study.runner import study_main
 
         study_main(argv[1:])
+        return
+    if argv and argv[0] == "prune":
+        from litprune.cli.prune import prune_main
+
+        prune_main(argv[1:])
+        return
+    if argv and argv[0] == "prepare":
+        from litprune.cli.prepare import prepare_main
+
+        prepare_main(argv[1:])
         return
     if argv and argv[0] == "eval":
         from litprune.eval.run import eval_main

@@ -13,6 +13,11 @@ What litprune adds to plain LightningCLI:
   the model's positions, reusing a run directory without resuming, resuming with different model/data settings
   or another number of tokens per step (unless `model.init_args.replan_on_resume`), a corrupt checkpoint;
 - temporary files of killed runs (owner process gone) swept from the run directory at start;
+- runs of several processes neither prune nor tokenize on every rank: with a pruning init (`StructuredPrune`,
+  `SparsePrune`) the launching process prunes once into `<run dir>/pruned` and every process starts from it;
+  processes started outside (srun, torchrun) need it prepared first and are refused with the `litprune prune`
+  command otherwise (`litprune.cli.prune.pruned_init_for_fit`); missing token shards of a hub source (or any
+  source with `data.init_args.prepared_only`) are refused with the `litprune prepare` command;
 - a validation pass before the first optimizer step of a fresh run (`--validate_at_start`, default true;
   `litprune.callbacks.ValidateAtStart`), so every loss curve starts from the initial (pruned or random) model, and
   a final validation pass after fit, so every run ends with a measured validation loss.
@@ -20,6 +25,7 @@ What litprune adds to plain LightningCLI:
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +36,7 @@ from litprune.callbacks.export import HFExport
 from litprune.callbacks.progress import TokenProgressBar
 from litprune.callbacks.validate_at_start import ValidateAtStart
 from litprune.cli.errors import LitpruneArgumentParser
+from litprune.cli.prune import pruned_init_for_fit
 from litprune.cli.run_config import (
     RunConfig,
     config_differences,
@@ -37,6 +44,7 @@ from litprune.cli.run_config import (
     resolve_resume_checkpoint,
     trained_settings,
 )
+from litprune.cli.run_sections import command_for
 from litprune.data.datamodule import TokenDataModule
 from litprune.models.positions import check_seq_len
 from litprune.modules.causal_lm import CausalLM, check_vocab
@@ -60,6 +68,10 @@ class LitpruneCLI(LightningCLI):
     """LightningCLI for token-budgeted causal-LM runs (see the module docstring)."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        # The command line, to spell out the `litprune prune|prepare` commands on the same config in errors.
+        self.command_args: list[str] | None = (
+            list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
+        )
         super().__init__(
             model_class=CausalLM,
             datamodule_class=TokenDataModule,
@@ -131,6 +143,18 @@ class LitpruneCLI(LightningCLI):
             if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
                 sweep_stale_temporaries(Path(trainer.checkpoint_callback.dirpath))
         saved = self._check_run_dir()
+        world_size = planned_world_size(trainer)
+        if isinstance(model, CausalLM):
+            resuming = model.resume_checkpoint is not None
+            run_dir = trainer.default_root_dir
+            launches = not _processes_started_outside(trainer)
+            pruned = pruned_init_for_fit(
+                model.init_strategy, world_size, resuming, self.command_args, run_dir, launches_processes=launches
+            )
+            if pruned is not None:
+                model.init_strategy = pruned
+        if isinstance(datamodule, TokenDataModule):
+            datamodule.check_prepared(world_size, command=command_for("prepare", self.command_args))
         if isinstance(model, CausalLM) and datamodule is not None:
             shape = {
                 "max_tokens": model.max_tokens,
@@ -220,6 +244,19 @@ def _model_from_checkpoint(model: Any, trainer: Any, ckpt_path: str | None) -> N
     path = resolve_resume_checkpoint(ckpt_path, Path(dirpath or Path(trainer.default_root_dir) / "checkpoints"))
     if path is not None:
         model.resume_checkpoint = str(path)
+
+
+def _processes_started_outside(trainer: Any) -> bool:
+    """Whether the run's processes were started outside this one (srun, torchrun, or Lightning's launcher already
+    re-ran this command as a worker), rather than about to be launched from here."""
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    return bool(environment is not None and environment.creates_processes_externally)
+
+
+def planned_world_size(trainer: Any) -> int:
+    """The processes the run will have: `num_nodes x devices` (before the processes are launched Lightning's own
+    `world_size` may still say 1)."""
+    return max(int(trainer.world_size), int(trainer.num_nodes) * int(trainer.num_devices))
 
 
 def _check_positions(model: CausalLM, seq_len: int) -> None:

@@ -23,6 +23,7 @@ from litprune.utils.atomic import atomic_write_text
 RESUME_TOLERATED = (
     "data.init_args.num_workers",
     "data.init_args.cache_dir",
+    "data.init_args.prepared_only",  # where the shards come from, not which tokens are trained on
     "model.init_args.replan_on_resume",
 )
 
@@ -91,7 +92,7 @@ def resolve_resume_checkpoint(ckpt_path: str | None, checkpoint_dir: Path) -> Pa
         return None
     if ckpt_path == "last":
         last = checkpoint_dir / LAST
-        if last.is_file():
+        if last.exists():  # a file, or a directory of a distributed checkpoint (ModelParallelStrategy)
             return last
         others = sorted(p.name for p in checkpoint_dir.glob("*.ckpt")) if checkpoint_dir.is_dir() else []
         if others:
@@ -104,7 +105,7 @@ def resolve_resume_checkpoint(ckpt_path: str | None, checkpoint_dir: Path) -> Pa
     if ckpt_path in ("best", "hpc", "registry"):
         return None
     path = Path(ckpt_path).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"--ckpt_path {ckpt_path!r} does not exist. Use 'last' to resume the run directory.")
     return path
 

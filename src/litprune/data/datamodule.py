@@ -7,6 +7,10 @@ epoch over the slice -> each process reads its own micro-batches of the one glob
 (seeded, `source.shuffle_seed`) before packing, so every slice of a split is an alike sample of it. Validation and
 test read `val_tokens` worth of windows spread evenly over their whole slice (`spread_windows`).
 
+Preparing at scale is a step of its own (`litprune prepare --config <run config> --num-proc K`): a run with
+`prepared_only` (by default: every multi-process run with a hub source) never tokenizes; missing shards stop it at
+once with that command, rather than one rank downloading and tokenizing while the others wait on a barrier.
+
 Exact resume: the data position (windows consumed by all processes) is counted when a batch actually enters
 the training step (`on_after_batch_transfer`, after Lightning's one-batch prefetch), stored in the checkpoint
 through `state_dict`, and the next run's stream starts exactly there: no window is re-read or skipped.
@@ -23,7 +27,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from litprune.data.order import WindowOrder, rank_microbatches
-from litprune.data.prepare import TextSource, prepare_tokens, resolve_files
+from litprune.data.prepare import TextSource, is_prepared, prepare_tokens, prepared_tokens_dir, resolve_files
 from litprune.data.slices import (
     ResolvedSlice,
     TokenSlice,
@@ -71,6 +75,21 @@ class TokenDataModule(LightningDataModule):
             set at most one of the two.
         num_workers: DataLoader worker processes.
         cache_dir: where tokenizers and token shards are cached (default `$LITPRUNE_CACHE` or ~/.cache/litprune).
+        prepared_only: never tokenize in the run: when the prepared shards are missing, stop at setup with the
+            `litprune prepare` command that writes them. null (default): true for runs of more than one process
+            with a hub source (`source.kind: hub`), false otherwise (the shards are prepared on first use).
+
+    Example, shards prepared once before a multi-node run (`litprune prepare --config run.yaml --num-proc 32`)::
+
+        data:
+          class_path: litprune.data.datamodule.TokenDataModule
+          init_args:
+            source: {kind: hub, hub_path: mlfoundations/dclm-baseline-1.0, hub_splits: {train: train}}
+            tokenizer: meta-llama/Llama-3.1-8B
+            prepared_only: true
+
+    Raises:
+        ValueError: invalid settings (all problems together); a missing data path of a `files` source.
     """
 
     def __init__(
@@ -89,6 +108,7 @@ class TokenDataModule(LightningDataModule):
         val_max_windows: int | None = None,
         num_workers: int = 0,
         cache_dir: str | None = None,
+        prepared_only: bool | None = None,
     ) -> None:
         super().__init__()
         problems = []
@@ -105,6 +125,8 @@ class TokenDataModule(LightningDataModule):
             )
         if num_workers < 0:
             problems.append(f"data.num_workers={num_workers!r} must be >= 0")
+        if prepared_only is not None and not isinstance(prepared_only, bool):
+            problems.append(f"data.prepared_only={prepared_only!r} must be true, false or null (automatic)")
         if problems:
             raise ValueError("Invalid data settings: " + "; ".join(problems) + ".")
         self.source = source if source is not None else TextSource(kind="embedded")
@@ -121,6 +143,7 @@ class TokenDataModule(LightningDataModule):
         self.val_max_windows = val_max_windows
         self.num_workers = num_workers
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self.prepared_only = prepared_only
         self.tokenizer: Any = None
         self.store_path: Path | None = None
         self.slices: dict[str, ResolvedSlice] = {}
@@ -157,12 +180,66 @@ class TokenDataModule(LightningDataModule):
         cache = self.cache_dir / "tokenizers" if self.cache_dir else None
         return str(embedded_tokenizer_path(self.vocab_size, cache_dir=cache))
 
+    def prepared_dir(self) -> Path:
+        """Where this data's prepared token shards live (`prepare_tokens`' directory), whether prepared or not."""
+        return prepared_tokens_dir(self.source, self.load_tokenizer(), out_root=self._tokens_root())
+
+    def prepare(self, num_proc: int = 1) -> Path:
+        """Tokenize the source into the prepared shards with `num_proc` processes (nothing to do when they exist);
+        return their directory. This is what `litprune prepare` runs; `prepared_only` does not apply."""
+        return prepare_tokens(self.source, self.load_tokenizer(), out_root=self._tokens_root(), num_proc=num_proc)
+
+    def prepared_only_reason(self, world_size: int = 1) -> str | None:
+        """Why this run must find its shards prepared instead of tokenizing (None: it may tokenize).
+
+        Args:
+            world_size: processes of the run (`trainer.world_size`).
+        """
+        if self.prepared_only:
+            return "data.init_args.prepared_only is true"
+        if self.prepared_only is None and world_size > 1 and self.source.kind == "hub":
+            return (
+                f"the run has {world_size} processes and its source is a hub dataset: one process would download and "
+                "tokenize it while the others wait (set data.init_args.prepared_only=false to allow it anyway)"
+            )
+        return None
+
+    def check_prepared(self, world_size: int = 1, command: str | None = None) -> None:
+        """Raise unless the shards are prepared, when this run may not tokenize (`prepared_only_reason`).
+
+        Args:
+            world_size: processes of the run.
+            command: the `litprune prepare` command line to name in the error (default: a generic one).
+
+        Raises:
+            ValueError: the shards are missing; the message names their directory and the command to run.
+        """
+        reason = self.prepared_only_reason(world_size)
+        if reason is None:
+            return
+        directory = self.prepared_dir()
+        if is_prepared(directory):
+            return
+        command = command or "litprune prepare --config <the run's config files>"
+        raise ValueError(
+            f"The run's token shards are not prepared ({directory} holds no manifest) and {reason}. Prepare them "
+            f"once, before training, then start the run again:\n  {command} --num-proc <processes>"
+        )
+
+    def _world_size(self) -> int:
+        trainer = self.trainer
+        return int(trainer.world_size) if trainer is not None else 1
+
     def prepare_data(self) -> None:
+        if self.prepared_only_reason(self._world_size()) is not None:
+            self.check_prepared(self._world_size())
+            return
         prepare_tokens(self.source, self.load_tokenizer(), out_root=self._tokens_root())
 
     def setup(self, stage: str | None = None) -> None:
         if self.store_path is not None:
             return
+        self.check_prepared(self._world_size())
         self.store_path = prepare_tokens(self.source, self.load_tokenizer(), out_root=self._tokens_root())
         store = TokenStore(self.store_path)
         specs = self.slice_specs if self.slice_specs is not None else default_slices(store)

@@ -23,6 +23,11 @@ Design choices:
   (file paths and content hashes; the embedded corpus hash; hub path, config name and split expressions), the
   shuffle seed and the tokenizer identity. Preparing the same thing again returns the existing directory
   without tokenizing. The directory is published atomically, so concurrent ranks cannot see a partial result.
+- Preparing at scale is a step of its own, before training: `litprune prepare --config <run config> --num-proc K`
+  (`litprune.cli.prepare`). A killed prepare leaves only hidden temporaries (`.<key>.tmp-<pid>-...`, and the
+  `datasets` work directory), never a directory under the final name; the next prepare sweeps them and starts the
+  tokenization over (downloads already in the Hugging Face cache are reused). Multi-process runs with a hub source
+  refuse to tokenize and name the command (`TokenDataModule(prepared_only=...)`).
 
 Example YAML for a local dataset::
 
@@ -480,6 +485,30 @@ def document_ends_file(split: str) -> str:
     return f"{split}-documents.npy"
 
 
+def prepared_tokens_dir(
+    source: TextSource, tokenizer, out_root: Path | None = None, fingerprint: dict | None = None
+) -> Path:
+    """Where `prepare_tokens` publishes the tokens of `source` under `tokenizer` (`out_root/<key>`), prepared or not.
+
+    Nothing is tokenized or downloaded: the key needs only the source fingerprint (local files are hashed; a hub
+    source is named, not read) and the tokenizer identity.
+
+    Args:
+        source: where the text comes from.
+        tokenizer: the run's tokenizer.
+        out_root: where prepared directories live; default `cache_root()/tokens`.
+        fingerprint: `source_fingerprint(source)` when the caller has it already.
+    """
+    fingerprint = source_fingerprint(source) if fingerprint is None else fingerprint
+    root = Path(out_root) if out_root is not None else cache_root() / "tokens"
+    return root / prepared_tokens_key(fingerprint, tokenizer_identity(tokenizer), source.shuffle_seed)
+
+
+def is_prepared(directory: Path) -> bool:
+    """Whether `directory` holds complete prepared tokens: its manifest, written last, exists."""
+    return (Path(directory) / MANIFEST_NAME).is_file()
+
+
 def prepare_tokens(
     source: TextSource,
     tokenizer,
@@ -525,10 +554,10 @@ def prepare_tokens(
 
     fingerprint = source_fingerprint(source)
     identity = tokenizer_identity(tokenizer)
-    root = Path(out_root) if out_root is not None else cache_root() / "tokens"
-    final = root / prepared_tokens_key(fingerprint, identity, source.shuffle_seed)
+    final = prepared_tokens_dir(source, tokenizer, out_root, fingerprint=fingerprint)
+    root = final.parent
     sweep_stale_temporaries(root)  # work and output directories of prepare steps that were killed
-    if (final / MANIFEST_NAME).is_file():
+    if is_prepared(final):
         log.info("Prepared tokens found at %s; nothing to do.", final)
         return final
     if final.exists():

@@ -4,7 +4,8 @@ Map: `base` (the `InitStrategy` protocol and its `InitResult`), `random` (`Rando
 `pretrained` (`FromPretrained`), `sparse` (`SparsePrune`, sparse `P_M-R_N` and its scratch controls, drawn by
 `sparse_controls`), `structured` (`StructuredPrune`, depth/width `P_M-R_N`), `scratch_target` (`ScratchTarget`,
 the matching random arm), `parent` (reading the parent and checking the run's data fits it), `calibration`
-(which windows a method calibrates on), `masks` (the typed hand-over of keep-masks to the module).
+(which windows a method calibrates on), `masks` (the typed hand-over of keep-masks to the module), `pruned` (the
+pruned model `litprune prune` writes once and `FromPretrained` loads on every rank of a run).
 
 YAML names them by their short path, e.g. `class_path: litprune.inits.SparsePrune`.
 """

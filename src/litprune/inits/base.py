@@ -60,3 +60,12 @@ class InitStrategy(ABC):
     def needs_architecture(self) -> bool:
         """Whether `build` needs a configured architecture (True for scratch inits)."""
         return True
+
+    @property
+    def prunes_parent(self) -> bool:
+        """Whether `build` loads a parent and prunes it (`StructuredPrune`, `SparsePrune`).
+
+        Such a build runs in one process: a run of several processes takes its result from `litprune prune`, which
+        writes the pruned model once, and starts from it with `FromPretrained` (`litprune.inits.pruned`).
+        """
+        return False

@@ -11,6 +11,7 @@ from transformers import LlamaConfig
 
 from litprune.inits.base import InitResult, InitStrategy
 from litprune.inits.parent import check_run_data
+from litprune.inits.pruned import init_record_of, read_pruning_record
 from litprune.models.loading import load_causal_lm, load_model_config
 from litprune.models.sparse_checkpoint import MASKS_FILE, RECORD_FILE, check_zeros, load_masks
 
@@ -32,6 +33,24 @@ class FromPretrained(InitStrategy):
     and its `sparsity.json` in the record (`sparsity`), so a run with a `SparseMask(mask_source="module")`
     callback keeps the same pattern.
 
+    A pruned model written by `litprune prune` (a directory with `pruning.json`, `litprune.inits.pruned`) is how a
+    run of several processes starts from a pruned parent: every rank loads it, and the run's record is the one an
+    in-fit pruning would have left: the init record is the pruning's (strategy, parent, method, calibration
+    provenance, plus `pruned_model`, where it was loaded from) and the calibration tokens enter the token ledger
+    (`init_tokens.calibration`). The masks of a sparse method come back as above:
+
+    ```yaml
+    model:
+      init_args:
+        init:
+          class_path: litprune.inits.FromPretrained
+          init_args: {path: runs/tiny_sparse_wanda_2of4/pruned}   # litprune prune ... --out <this path>
+    trainer:
+      callbacks:   # sparse methods: keep the masks while retraining
+        - class_path: litprune.callbacks.sparse_mask.SparseMask
+          init_args: {mask_source: module}
+    ```
+
     Args:
         path: a local directory written by `save_pretrained` (litprune exports one per run, under
             `<run dir>/export`), or a hub model id.
@@ -41,7 +60,7 @@ class FromPretrained(InitStrategy):
         FileNotFoundError: (build) `path` looks local but holds no `config.json`.
         HubAccessError: (build) a hub id the hub cannot serve (offline, unreachable, gated, missing).
         ValueError: (build) not a Llama-layout model; the run's tokenizer is not the checkpoint's; windows longer
-            than its positions.
+            than its positions; a masked-out weight that is not 0; a damaged `pruning.json`.
     """
 
     def __init__(self, path: str, trust_remote_code: bool = False) -> None:
@@ -64,4 +83,9 @@ class FromPretrained(InitStrategy):
             check_zeros(model, masks, f"FromPretrained({self.path!r})")
             record_file = local / RECORD_FILE
             record["sparsity"] = json.loads(record_file.read_text(encoding="utf-8")) if record_file.is_file() else {}
-        return InitResult(model=model, record=record, masks=masks)
+        tokens: dict[str, int] = {}
+        pruning = read_pruning_record(local) if local.is_dir() else None
+        if pruning is not None:
+            record = init_record_of(pruning, self.path)
+            tokens = {key: int(value) for key, value in (pruning.get("tokens") or {}).items()}
+        return InitResult(model=model, record=record, masks=masks, tokens=tokens)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformers import PretrainedConfig
 
 from litprune.inits.base import InitResult, InitStrategy
@@ -85,7 +86,7 @@ class SparsePrune(InitStrategy):
       every group of M; unstructured: the same number of pruned entries per row as the method's mask).
 
     The controls draw from `control_seed` (the reference `reinit.py` uses seed 42). Pruning runs on the CPU, where
-    the parent is loaded.
+    the parent is loaded (`litprune prune --device cuda` prunes on a GPU, once, outside the run).
 
     Args:
         parent: the dense parent: a Hugging Face checkpoint directory or a litprune export (`<run dir>/export`).
@@ -177,6 +178,10 @@ class SparsePrune(InitStrategy):
         return False
 
     @property
+    def prunes_parent(self) -> bool:
+        return True
+
+    @property
     def needs_data(self) -> bool:
         """Whether the method calibrates on data (Wanda, SparseGPT)."""
         return self.method in CALIBRATED_METHODS
@@ -199,14 +204,25 @@ class SparsePrune(InitStrategy):
             )
         return config
 
-    def build(self, config: PretrainedConfig | None = None, data: Any = None) -> InitResult:
-        """Load the parent, calibrate on the run's data, prune, apply the control; `config` is ignored."""
+    def build(
+        self, config: PretrainedConfig | None = None, data: Any = None, device: str | torch.device | None = None
+    ) -> InitResult:
+        """Load the parent, calibrate on the run's data, prune, apply the control; `config` is ignored.
+
+        Args:
+            config: ignored; the parent defines the architecture.
+            data: the run's data module (calibration windows, tokenizer checks).
+            device: where the parent is pruned (`litprune prune --device`); None prunes on the CPU, where the
+                parent is loaded. The model and its masks are returned on that device.
+        """
         parent_config = self.check_parent()
         check_run_data(self.parent, parent_config, data)
         windows, provenance = None, None
         if self.needs_data:
             windows, provenance = self.calibration.draw(data, model_config=parent_config)
         model = load_causal_lm(self.parent)
+        if device is not None:
+            model.to(device)
         result = prune_sparse(
             model,
             self.method,

@@ -33,6 +33,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import PretrainedConfig
 
 from litprune.eval.task_scorer import check_task_scorer, is_task_scorer, make_task_scorer
@@ -193,12 +194,25 @@ class StructuredPrune(TargetShapeInit):
         self.scorer_limit = scorer_limit
         self.adopt_target(parent, method, ratio, target, convention)
 
+    @property
+    def prunes_parent(self) -> bool:
+        return True
+
     def check_parent_config(self, config: PretrainedConfig) -> None:
         """A calibration window must fit the parent's positions."""
         self.calibration.check_positions(config)
 
-    def build(self, config: PretrainedConfig | None = None, data: Any = None) -> InitResult:
-        """Load the parent, calibrate on the run's data, prune; `config` is ignored (the parent defines it)."""
+    def build(
+        self, config: PretrainedConfig | None = None, data: Any = None, device: str | torch.device | None = None
+    ) -> InitResult:
+        """Load the parent, calibrate on the run's data, prune; `config` is ignored (the parent defines it).
+
+        Args:
+            config: ignored; the parent defines the architecture.
+            data: the run's data module (calibration windows, tokenizer checks).
+            device: where the parent is pruned (`litprune prune --device`); None prunes on the CPU, where the
+                parent is loaded. The pruned model is returned on that device.
+        """
         parent_config = read_parent_config(self.parent)
         self.plan()
         check_run_data(self.parent, parent_config, data)
@@ -218,6 +232,8 @@ class StructuredPrune(TargetShapeInit):
             windows, provenance = self.calibration.draw(data, model_config=parent_config)
             tokens = {"calibration": self.calibration.tokens}
         model = load_causal_lm(self.parent)
+        if device is not None:
+            model.to(device)
         # The freshly loaded parent is not needed afterwards: prune depth in place to hold one copy in memory.
         pruned, record = prune_structured(
             model,

@@ -8,6 +8,13 @@ the data module and callbacks.
 Batches are `{"input_ids": [B, T], "labels": [B, T]}` with labels already shifted (packed windows of T + 1
 tokens), so every position is a predicted token and `tokens_seen` counts exactly B x T per micro-batch per process.
 
+Under Lightning's `ModelParallelStrategy` (the scale path, `configs/trainer/fsdp_8b.yaml`; on CPU
+`configs/trainer/fsdp2_cpu.yaml`) `configure_model` shards the model with FSDP2 (`litprune.models.sharding`): each
+decoder layer, then the root, over the data-parallel mesh; bf16 compute with fp32 reduce and fp32 master weights when
+the trainer's precision is bf16. A random init (and a resumed run, whose weights come from the checkpoint) is built
+with its parameters on the meta device and only each rank's rows are materialised, so no rank ever holds the whole
+model; other inits (pruned or pretrained parents) build the full model on every rank, then shard it.
+
 A checkpoint carries the model's architecture (`hf_config`) in its `litprune` record, so resuming, validating,
 testing and `CausalLM.load_from_checkpoint` build the model from the checkpoint alone: no parent is loaded and
 nothing is pruned again.
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from contextvars import ContextVar
 from typing import Any
 
@@ -32,10 +40,18 @@ from litprune.inits.random import RandomInit
 from litprune.models.params import count_parameters
 from litprune.models.positions import check_seq_len
 from litprune.models.presets import build_llama_config
+from litprune.models.sharding import (
+    ShardingSettings,
+    materialize_local_shards,
+    mixed_precision_policy,
+    parameters_on_meta,
+    shard_model,
+)
 from litprune.training.budget import TokenBudget, resume_budget
-from litprune.training.checkpoint_io import read_checkpoint_record
+from litprune.training.checkpoint_io import load_checkpoint, read_checkpoint_record
 from litprune.training.lr_schedule import WarmupCosine, resize_schedule_state
 from litprune.training.mask_state import decode_masks, is_mask_state
+from litprune.training.strategies import check_gradient_clipping, data_parallel_mesh
 
 # True while `CausalLM.load_from_checkpoint` constructs a module: Lightning calls `configure_model` before it hands
 # the checkpoint to `on_load_checkpoint`, which then builds the checkpoint's architecture.
@@ -75,6 +91,8 @@ class CausalLM(LightningModule):
         max_warmup_steps: cap on warmup steps.
         min_lr_ratio: final LR as a fraction of `lr`.
         activation_checkpointing: recompute decoder activations in backward (saves memory at scale).
+        cpu_offload: under ModelParallelStrategy (FSDP2), keep sharded parameters, gradients and optimizer state in
+            CPU memory (slower; for models whose shards do not fit on the accelerators).
         arm: a label for reports, in the paper's notation (e.g. `S_N`, `P_M-R_N`, `P_M`).
         replan_on_resume: on `--ckpt_path` resume with other tokens per step than the checkpoint's (another
             micro-batch, accumulation, device count or seq_len), re-plan the tokens left as whole steps of the new
@@ -95,6 +113,7 @@ class CausalLM(LightningModule):
         max_warmup_steps: int = 2000,
         min_lr_ratio: float = 0.1,
         activation_checkpointing: bool = False,
+        cpu_offload: bool = False,
         arm: str | None = None,
         replan_on_resume: bool = False,
     ) -> None:
@@ -116,6 +135,9 @@ class CausalLM(LightningModule):
         if lr <= 0:
             raise ValueError(f"lr={lr!r} must be positive.")
         self.activation_checkpointing = bool(activation_checkpointing)
+        if not isinstance(cpu_offload, bool):
+            raise ValueError(f"cpu_offload={cpu_offload!r} must be true or false.")
+        self.cpu_offload = cpu_offload
         self.arm = arm
         self.replan_on_resume = bool(replan_on_resume)
         self.model: PreTrainedModel | None = None
@@ -142,18 +164,23 @@ class CausalLM(LightningModule):
         return build_llama_config(self.preset, self.overrides, vocab_size=vocab_size)
 
     def configure_model(self) -> None:
-        """Build the HF model once (also under FSDP's sharded-init context); idempotent."""
+        """Build the HF model once, sharded with FSDP2 under ModelParallelStrategy; idempotent."""
         if self.model is not None or _LOADING_CHECKPOINT.get():
             return  # under load_from_checkpoint, on_load_checkpoint builds the checkpoint's architecture
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         tokenizer = getattr(datamodule, "tokenizer", None)
         vocab = len(tokenizer) if tokenizer is not None else None
-        if self.resume_checkpoint is not None:
-            result = skeleton_from_checkpoint(self.resume_checkpoint)
-            if self._trainer is not None and self._trainer.state.fn == "fit":
-                result.masks = {}  # a resumed fit: the SparseMask callbacks restore their own masks
-        else:
-            result = self.init_strategy.build(self.architecture(vocab_size=vocab), datamodule)
+        mesh = data_parallel_mesh(self._trainer.strategy) if self._trainer is not None else None
+        # Without weights first when the weights come later anyway: from a checkpoint, or from an init that can
+        # write them into the local shards (RandomInit.apply). Other inits need their parent's full tensors.
+        weightless = mesh is not None and (self.resume_checkpoint is not None or _init_writes_in_place(self))
+        with parameters_on_meta() if weightless else nullcontext():
+            if self.resume_checkpoint is not None:
+                result = skeleton_from_checkpoint(self.resume_checkpoint)
+                if self._trainer is not None and self._trainer.state.fn == "fit":
+                    result.masks = {}  # a resumed fit: the SparseMask callbacks restore their own masks
+            else:
+                result = self.init_strategy.build(self.architecture(vocab_size=vocab), datamodule)
         self.attach(result)
         rank_zero_info(f"litprune: {self.arm or 'run'} model: {count_parameters(self.model)}")
         if tokenizer is not None:
@@ -169,6 +196,22 @@ class CausalLM(LightningModule):
             self.model.config,
             remedy="raise max_position_embeddings in model.init_args.overrides (scratch inits only)",
         )
+        if mesh is not None:
+            self._shard(mesh, init=None if self.resume_checkpoint is not None else self.init_strategy)
+
+    def _shard(self, mesh: Any, init: InitStrategy | None) -> None:
+        """FSDP2 over `mesh`; then, for a model built without weights, local storage filled by `init` (if any)."""
+        if self.cpu_offload and self.trainer.strategy.root_device.type == "cpu":
+            raise ValueError(
+                "model.init_args.cpu_offload=true moves FSDP2 shards from an accelerator to CPU memory, but this run "
+                "trains on the CPU (trainer.accelerator=cpu), where they already are. Set cpu_offload: false."
+            )
+        param_dtype, reduce_dtype = mixed_precision_policy(self.trainer.precision)
+        settings = ShardingSettings(cpu_offload=self.cpu_offload, param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+        shard_model(self.model, mesh, settings)
+        if any(p.is_meta for p in self.model.parameters()):
+            device = torch.device("cpu") if self.cpu_offload else self.trainer.strategy.root_device
+            materialize_local_shards(self.model, device, init=getattr(init, "apply", None))
 
     def attach(self, result: InitResult) -> None:
         """Adopt an initialisation's model, provenance and masks (mask keys re-prefixed with `model.`)."""
@@ -190,6 +233,7 @@ class CausalLM(LightningModule):
         if stage != "fit":
             return
         trainer = self.trainer
+        check_gradient_clipping(trainer)
         seq_len, micro_batch = _datamodule_shape(trainer)
         shape = {
             "max_tokens": self.max_tokens,
@@ -223,8 +267,10 @@ class CausalLM(LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/ppl", torch.exp(loss.detach().clamp(max=50)))
+        # The mean over every process (each holds the same number of tokens), not rank 0's share: one all-reduce.
+        global_loss = self.trainer.strategy.reduce(loss.detach().clone(), reduce_op="mean")
+        self.log("train/loss", global_loss, prog_bar=True)
+        self.log("train/ppl", torch.exp(global_loss.clamp(max=50)))
         # Counted here, before any on_train_batch_end callback (ModelCheckpoint saves there). Every process
         # reads windows of the same shape, so the global count is exact without a collective.
         self.tokens_seen += batch["labels"].numel() * self.trainer.world_size
@@ -392,7 +438,7 @@ def align_token_ids(model: PreTrainedModel, tokenizer: Any) -> list[str]:
 
 def skeleton_from_checkpoint(path: str) -> InitResult:
     """A randomly initialised model with the architecture stored in a litprune checkpoint (weights load later)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    checkpoint = load_checkpoint(path, mmap=True)
     return init_from_checkpoint(checkpoint, source=f"Checkpoint {path}")
 
 
@@ -441,6 +487,13 @@ def checkpoint_masks(checkpoint: dict[str, Any], prefix: str = "model.") -> Keep
                 }
             )
     return masks
+
+
+def _init_writes_in_place(module: CausalLM) -> bool:
+    """Whether the module's init can initialise an already built (sharded) model in place: a scratch init with an
+    `apply(model)` method, such as RandomInit."""
+    init = module.init_strategy
+    return init.needs_architecture and callable(getattr(init, "apply", None))
 
 
 def check_vocab(model_vocab: int, tokenizer_vocab: int) -> None:

@@ -39,7 +39,15 @@ from typing import Any
 
 import yaml
 
-from litprune.study.spec import MethodSpec, ParentSpec, StudySpec, long_slice, tokens_per_step
+from litprune.study.spec import (
+    CALIBRATION_WINDOWS,
+    SCORER_KEYS,
+    MethodSpec,
+    ParentSpec,
+    StudySpec,
+    long_slice,
+    tokens_per_step,
+)
 from litprune.utils.atomic import atomic_write_text
 
 CAUSAL_LM = "litprune.modules.causal_lm.CausalLM"
@@ -160,9 +168,15 @@ def _seeded(spec: StudySpec, seed: int | None) -> StudySpec:
     parents = {
         name: dataclasses.replace(parent, init={**parent.init, "seed": seed}) for name, parent in spec.parents.items()
     }
+    # A method's own calibration seed is replaced too, so every repetition draws its own windows.
+    methods = [
+        dataclasses.replace(m, calibration={**m.calibration, "seed": seed}) if "seed" in m.calibration else m
+        for m in spec.methods
+    ]
     return dataclasses.replace(
         spec,
         parents=parents,
+        methods=methods,
         seed_everything=seed,
         scratch_init={**spec.scratch_init, "seed": seed},
         data={**spec.data, "seed": seed},
@@ -314,7 +328,15 @@ def long_control(method: MethodSpec) -> str:
 
 
 def _pruned_init(spec: StudySpec, method: MethodSpec, ratio: float, export: str) -> dict[str, Any]:
-    calibration = {"slice": spec.slices.calibration, **spec.calibration}
+    # The study's calibration windows, then the method's own (`methods[i].calibration`); its scorer keys are
+    # StructuredPrune arguments, not window settings.
+    own = method.calibration
+    calibration = {
+        "slice": spec.slices.calibration,
+        **spec.calibration,
+        **{key: own[key] for key in CALIBRATION_WINDOWS if key in own},
+    }
+    scorer = {key: own[key] for key in SCORER_KEYS if key in own}
     if method.kind == "sparse":
         return {
             "class_path": "litprune.inits.SparsePrune",
@@ -337,6 +359,7 @@ def _pruned_init(spec: StudySpec, method: MethodSpec, ratio: float, export: str)
             "convention": method.convention,
             "calibration": calibration,
             **method.options,
+            **scorer,
         },
     }
 

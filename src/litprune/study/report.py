@@ -30,6 +30,10 @@ from litprune.utils.atomic import atomic_file, atomic_write_json, atomic_write_t
 
 ARM_ORDER = {"S_N": 0, "P_M-R_N": 1, "S_M+N": 2}
 
+PAPER_SCRATCH_ABOVE_PARENT = {"depth": 2.50 - 2.40, "width": 2.46 - 2.40}
+"""The paper's Figure 1: validation loss of its 4B scratch targets after 250B tokens (S_250, the equal-total arm of
+N = 50B) minus its 8B parent's (P_200, 2.40), by granularity: what halving the model costs at equal total tokens."""
+
 
 def collect_rows(spec: StudySpec, arms: list[Arm], ledger: Ledger | None = None) -> list[dict[str, Any]]:
     """One flat row per arm (finished or not): identity, budgets, parameters, validation and evaluation numbers.
@@ -333,6 +337,37 @@ def _trend(first: Interval, last: Interval) -> str:
     return "the intervals overlap, so no change is resolved"
 
 
+def _capacity_lines(total: list[Comparison], rows: list[dict[str, Any]]) -> list[str]:
+    """How much held-out loss the half-size scratch model gives up against the dense parent at equal total tokens,
+    next to the paper's figure: when it gives up little, pruning has little capacity to preserve."""
+    parents = {r["arm"]: r["heldout_loss"] for r in rows if r["label"] == "P_M" and r["heldout_loss"] is not None}
+    gaps: dict[str, list[float]] = {}
+    for item in total:
+        for row in item.other:
+            parent = parents.get(row["parent"])
+            if parent is not None and row["heldout_loss"] is not None:
+                gaps.setdefault(item.kind, []).append(row["heldout_loss"] - parent)
+    if not gaps:
+        return []
+    parts = []
+    for kind, values in sorted(gaps.items()):
+        paper = PAPER_SCRATCH_ABOVE_PARENT.get(kind)
+        reference = f" (the paper's {kind} target: {paper:+.2f})" if paper is not None else ""
+        parts.append(f"{kind} {min(values):+.3f} to {max(values):+.3f}{reference}")
+    text = (
+        "Capacity: at equal total tokens the pruned-shape scratch models end this far from the dense parent's held-out "
+        f"loss: {'; '.join(parts)}."
+    )
+    references = {kind: PAPER_SCRATCH_ABOVE_PARENT[kind] for kind in gaps if kind in PAPER_SCRATCH_ABOVE_PARENT}
+    if references and all(max(gaps[kind]) < paper for kind, paper in references.items()):
+        text += (
+            f" The {' and '.join(references)} gaps are smaller than the paper's: the smaller shape learns nearly all "
+            "the parent knows from the same tokens, which leaves pruning less to preserve at equal total tokens "
+            "than at the paper's scale."
+        )
+    return [text]
+
+
 def _mean(rows: list[dict[str, Any]], key: str) -> float:
     values = [r.get(key) for r in rows if r.get(key) is not None]
     return sum(values) / len(values) if values else float("nan")
@@ -389,6 +424,7 @@ def compare_with_paper(comparisons: list[Comparison], rows: list[dict[str, Any]]
             )
         finding = "Finding 2 (equal total tokens: sparse keeps its edge, coarse does not): "
         lines.append(finding + "; ".join(parts) + ".")
+    lines += _capacity_lines(total, rows)
     parents = [r for r in rows if r["label"] == "P_M" and r["train_tokens"] and r["params_non_embedding"]]
     if parents:
         per_param = parents[0]["train_tokens"] / parents[0]["params_non_embedding"]

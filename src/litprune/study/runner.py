@@ -9,6 +9,8 @@ What it does, in order:
    resumable on its own, launchable alone (e.g. on a cluster), with its own run directory and log
    (`<out_dir>/logs/<arm>.log`). `--workers K` runs up to K arms at a time (`run_arms`), each as soon as the arms it
    depends on have finished (the parents): by default one per CPU core with one thread each, or one per GPU.
+   On a cluster, `--launcher slurm` or `--launcher torchrun` instead writes each arm's job script, in the same order,
+   and runs nothing (`litprune.study.launchers`).
 4. Evaluates every finished arm's export (`litprune.eval.run.run_eval`: the configured tasks and held-out
    perplexity; `litprune.study.heldout`: the loss of every held-out window, which the report's intervals pair),
    writing `<run dir>/eval.json`.
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from litprune.study.arms import Arm, expand_study, write_arm_configs
+from litprune.study.launchers import check_launch, check_launcher, write_launch_scripts
 from litprune.study.ledger import build_ledger
 from litprune.study.records import EVAL_RECORD, MARKER, eval_result, read_json, run_result
 from litprune.study.spec import StudyError, StudySpec, load_study
@@ -95,6 +98,7 @@ def run_study(
     evaluate: bool = True,
     echo: Any = print,
     workers: int | None = None,
+    launcher: str = "local",
 ) -> dict[str, Any]:
     """Run (or, with `dry_run`, only plan) a study; see the module docstring.
 
@@ -106,18 +110,30 @@ def run_study(
         echo: where progress lines go (default `print`).
         workers: arm processes at a time (None: `default_workers`); arms still start only after the arms they
             depend on. Above 1, each arm gets OMP_NUM_THREADS=1 (unless the study's `env` sets it) and, on GPUs, its
-            own `trainer.devices` GPUs through CUDA_VISIBLE_DEVICES.
+            own `trainer.devices` GPUs through CUDA_VISIBLE_DEVICES. `local` launcher only.
+        launcher: "local" runs the arms here; "slurm" and "torchrun" write the arms' job scripts, in dependency
+            order, and say how to submit or start them (`litprune.study.launchers`), running nothing.
 
     Returns:
-        A summary: `arms` (id, label, status, seconds), `ledger_ok`, and the paths of the report files.
+        A summary: `arms` (id, label, status, seconds), `ledger_ok`, and the paths of the report files (with another
+        launcher: `launcher` and the `scripts` written, for slurm also `submit`).
 
     Raises:
-        StudyError: an invalid study or `workers` value, an arm whose settings changed since it started, or an arm
-            whose process failed (the end of its log is quoted; the arms running beside it finish first).
+        StudyError: an invalid study, `workers` or `launcher` value, an arm whose settings changed since it started,
+            or an arm whose process failed (the end of its log is quoted; the arms running beside it finish first).
     """
+    launcher = check_launcher(launcher)
     spec = config if isinstance(config, StudySpec) else load_study(config)
-    workers = _check_workers(spec, default_workers(spec) if workers is None else workers)
+    if launcher == "local":
+        workers = _check_workers(spec, default_workers(spec) if workers is None else workers)
+    elif workers is not None:
+        raise StudyError(
+            f"--workers={workers!r} applies to --launcher local; with --launcher {launcher} every arm is a job of its "
+            "own, sized by trainer.num_nodes and trainer.devices. Remove --workers."
+        )
     arms = expand_study(spec)
+    if launcher != "local":
+        check_launch(spec, arms, launcher)  # before any file is written
     out = spec.out_path
     write_arm_configs(arms)
     statuses = {arm.id: arm_status(arm) for arm in arms}
@@ -128,6 +144,15 @@ def run_study(
     if not planned.ok:
         # Nothing is trained on a plan whose budgets or token ranges already break the study's definitions.
         raise StudyError("The planned budgets do not match their definitions:\n" + planned.to_markdown())
+    if launcher != "local":
+        written = write_launch_scripts(spec, arms, launcher, dry_run=dry_run, evaluate=evaluate, echo=echo)
+        return {
+            "dry_run": dry_run,
+            "launcher": launcher,
+            "arms": [_arm_summary(a, statuses[a.id]) for a in arms],
+            "ledger_ok": planned.ok,
+            **written,
+        }
     if dry_run:
         return {"dry_run": True, "arms": [_arm_summary(a, statuses[a.id]) for a in arms], "ledger_ok": planned.ok}
 
@@ -165,7 +190,12 @@ def run_study(
 
 
 def study_command(
-    *, config: str | None = None, dry_run: bool = False, evaluate: bool = True, workers: int | None = None
+    *,
+    config: str | None = None,
+    dry_run: bool = False,
+    evaluate: bool = True,
+    workers: int | None = None,
+    launcher: str = "local",
 ) -> None:
     """Run a token-matched pruning-vs-scratch study (S_N, P_M-R_N, S_M+N for every method and ratio) from one YAML.
 
@@ -181,16 +211,31 @@ def study_command(
         workers: arms to train at a time, each starting once the arms it depends on have finished (default: one per
             CPU core, each arm with one thread (OMP_NUM_THREADS=1 unless the study's env sets it); on GPUs one arm
             per trainer.devices GPUs). After a failed arm no new arm starts; the running ones finish.
+        launcher: where the arms run: local (here, the default), slurm (write one sbatch script per arm and
+            <out_dir>/slurm/submit.sh, which submits them parents first with afterok dependencies, then a report
+            job; run it with bash) or torchrun (write and print the per-node torchrun command of each arm, in
+            dependency order). Job settings come from the study's launch section (time, partition, account,
+            extra_sbatch, setup); see docs/study.md.
     """
     if not config:
         raise ValueError(
             "litprune study needs --config <study.yaml>, e.g. litprune study --config configs/study/tiny.yaml"
         )
-    run_study(config, dry_run=dry_run, evaluate=evaluate, workers=workers)
+    run_study(config, dry_run=dry_run, evaluate=evaluate, workers=workers, launcher=launcher)
 
 
 def study_main(argv: list[str]) -> None:
     """`litprune study ...`: parse the command line (`--dry-run` is accepted as a flag) and run the study."""
+    study_command(**study_arguments(argv))
+
+
+def study_arguments(argv: list[str]) -> dict[str, Any]:
+    """The keyword arguments of `study_command` that a `litprune study ...` command line gives (`argv` without
+    `litprune study`).
+
+    Raises:
+        SystemExit: an unknown or malformed option (jsonargparse prints the usage).
+    """
     import jsonargparse
 
     args = []
@@ -205,7 +250,7 @@ def study_main(argv: list[str]) -> None:
     parser = jsonargparse.ArgumentParser(prog="litprune study")
     parser.add_function_arguments(study_command)
     parsed = parser.parse_args(args)
-    study_command(**{key: parsed[key] for key in ("config", "dry_run", "evaluate", "workers")})
+    return {key: parsed[key] for key in ("config", "dry_run", "evaluate", "workers", "launcher")}
 
 
 # ---------------------------------------------------------------------------------------------------- running

@@ -30,6 +30,7 @@ that are not defined. The arms themselves are built by `litprune.study.arms.expa
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,12 @@ SCRATCH_CONTROLS: tuple[str, ...] = tuple(name for name in CONTROLS if name != "
 
 ARM_KINDS: tuple[str, ...] = ("S_N", "P_M-R_N", "S_M+N")
 """The arms of every method x ratio x N, in the paper's notation."""
+
+CALIBRATION_WINDOWS: tuple[str, ...] = ("nsamples", "seqlen", "seed")
+"""The keys of the study's `calibration` (and a method's): the calibration windows drawn from `slices.calibration`."""
+
+SCORER_KEYS: tuple[str, ...] = ("scorer", "scorer_fewshot", "scorer_limit")
+"""The Minitron-depth window score a method's `calibration` may also set (`StructuredPrune`'s arguments)."""
 
 
 class StudyError(ValueError):
@@ -103,6 +110,10 @@ class MethodSpec:
             `random_fresh_mask`).
         controls: sparse only: extra scratch arms trained for N tokens, one per listed control.
         options: method options: sparse `method_kwargs`; structured `scorer`, `batch_size`.
+        calibration: this method's calibration, over the study's `calibration`: the windows (`nsamples`, `seqlen`,
+            `seed`) and, for `minitron_depth`, the window score (`scorer`: "perplexity" or "task:<lm-eval task>",
+            `scorer_fewshot`, `scorer_limit`). The windows always come from `slices.calibration` of the study's
+            data; with `seeds: [...]` the repetition's seed replaces `seed`.
     """
 
     method: str
@@ -113,6 +124,7 @@ class MethodSpec:
     scratch: str = "reinit"
     controls: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -157,6 +169,30 @@ class EvalSpec:
     resamples: int = 2000
     confidence: float = 0.95
     enabled: bool = True
+
+
+@dataclass
+class LaunchSpec:
+    """How `litprune study --launcher slurm|torchrun` writes the arms' job scripts (`litprune.study.launchers`).
+
+    Nodes and processes per node come from each arm's `trainer.num_nodes` and `trainer.devices`.
+
+    Attributes:
+        time: SLURM time limit of each job (`--time`), e.g. "48:00:00" or "2-00:00:00"; None: the partition's.
+        partition: SLURM partition (`--partition`); None: the cluster's default.
+        account: SLURM account (`--account`); None: yours by default.
+        extra_sbatch: further `sbatch` options, one per entry, e.g. ["--cpus-per-task=16", "--exclusive"].
+        setup: shell lines every job runs before litprune, e.g. ["source .venv/bin/activate"] or
+            ["module load cuda/12.4"] (run from the directory the scripts were written from).
+        master_port: torchrun only: the rendezvous port on node 0 (`MASTER_PORT` overrides it at launch).
+    """
+
+    time: str | None = None
+    partition: str | None = None
+    account: str | None = None
+    extra_sbatch: list[str] = field(default_factory=list)
+    setup: list[str] = field(default_factory=list)
+    master_port: int = 29500
 
 
 @dataclass
@@ -206,6 +242,7 @@ class StudySpec:
         curve_points: validations per arm (the points of the loss curves).
         eval: evaluation of every finished arm.
         env: environment variables of the arm processes (e.g. `OMP_NUM_THREADS`).
+        launch: job-script settings of `--launcher slurm|torchrun` (time limit, partition, setup lines).
         source: the file the study was read from (set by `load_study`).
     """
 
@@ -228,6 +265,7 @@ class StudySpec:
     curve_points: int = 8
     eval: EvalSpec = field(default_factory=EvalSpec)
     env: dict[str, str] = field(default_factory=dict)
+    launch: LaunchSpec = field(default_factory=LaunchSpec)
     source: str | None = None
 
     @property
@@ -313,15 +351,22 @@ def study_from_dict(raw: Any, source: str | None = None) -> StudySpec:
         methods.append(MethodSpec(**values))
     slices = SliceRoles(**_known(top.get("slices") or {}, SliceRoles, "slices.", problems))
     eval_spec = EvalSpec(**_known(top.get("eval") or {}, EvalSpec, "eval.", problems))
+    raw_launch = top.get("launch") or {}
+    if not isinstance(raw_launch, dict):
+        problems.append(f"launch must be a mapping of job-script settings (time, partition, ...), got {raw_launch!r}")
+        raw_launch = {}
+    launch = LaunchSpec(**_known(raw_launch, LaunchSpec, "launch.", problems))
     if problems:
         raise StudyError(_format(where, problems))
     retrain = top.get("retrain_tokens")
-    kwargs = {k: v for k, v in top.items() if k not in ("parents", "methods", "slices", "eval")}
+    kwargs = {k: v for k, v in top.items() if k not in ("parents", "methods", "slices", "eval", "launch")}
     kwargs["retrain_tokens"] = list(retrain) if isinstance(retrain, list | tuple) else [retrain]
     for key in ("data", "model", "trainer", "checkpoint", "calibration", "scratch_init", "env"):
         if key in kwargs and kwargs[key] is None:
             kwargs[key] = {}
-    return StudySpec(parents=parents, methods=methods, slices=slices, eval=eval_spec, source=source, **kwargs)
+    return StudySpec(
+        parents=parents, methods=methods, slices=slices, eval=eval_spec, launch=launch, source=source, **kwargs
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- checking
@@ -378,6 +423,7 @@ def check_study(spec: StudySpec) -> None:
     _check_slices(spec, problems)
     _check_calibration(spec, problems)
     _check_eval(spec, problems)
+    _check_launch(spec.launch, problems)
     if not isinstance(spec.env, dict) or not all(isinstance(k, str) for k in spec.env):
         problems.append(f"env={spec.env!r} must map environment variable names to values, e.g. {{OMP_NUM_THREADS: 1}}")
     if not isinstance(spec.curve_points, int) or spec.curve_points < 1:
@@ -556,6 +602,66 @@ def _check_method(spec: StudySpec, i: int, method: MethodSpec, configs: dict[str
         _check_sparse(where, method, problems)
     else:
         _check_structured(where, method, config, problems)
+    _check_method_calibration(spec, where, method, problems)
+
+
+def _check_method_calibration(spec: StudySpec, where: str, method: MethodSpec, problems: list[str]) -> None:
+    """A method's own `calibration`: known keys, windows `Calibration` accepts, a scorer only where it applies."""
+    from litprune.inits.calibration import Calibration
+
+    own = method.calibration
+    if not isinstance(own, dict):
+        problems.append(f"{where}: calibration={own!r} must be a mapping, e.g. {{nsamples: 128, seqlen: 8192}}")
+        return
+    allowed = (*CALIBRATION_WINDOWS, *SCORER_KEYS)
+    for key in sorted(set(own) - set(allowed)):
+        if key in ("slice", "source"):
+            problems.append(
+                f"{where}: calibration.{key} cannot be set per method: every method calibrates on the study's "
+                f"calibration slice (slices.calibration={spec.slices.calibration!r}), windows of the run's own data; "
+                "text such as the references' WikiText-103 or C4 is not read. Remove it"
+            )
+        else:
+            hint = did_you_mean(key, allowed, n=2, sentence=False)
+            problems.append(
+                f"{where}: unknown key calibration.{key}{f' ({hint})' if hint else ''}; allowed: {', '.join(allowed)}"
+            )
+    scorer = {key: own[key] for key in SCORER_KEYS if key in own}
+    if scorer and method.method != "minitron_depth":
+        problems.append(
+            f"{where}: calibration.{', calibration.'.join(scorer)} applies to minitron_depth only (the window score); "
+            f"{method.method} scores from its calibration windows. Remove it"
+        )
+    elif scorer:
+        if "scorer" in method.options:
+            problems.append(f"{where}: scorer is set both in options and in calibration; keep calibration.scorer")
+        problems.extend(f"{where}: calibration.{problem}" for problem in _scorer_problems(scorer))
+    windows = {key: own[key] for key in CALIBRATION_WINDOWS if key in own}
+    if windows and isinstance(spec.calibration, dict):
+        try:
+            Calibration(slice=spec.slices.calibration, **{**spec.calibration, **windows})
+        except (TypeError, ValueError) as err:
+            problems.append(f"{where}: calibration: {err}")
+
+
+def _scorer_problems(scorer: dict[str, Any]) -> list[str]:
+    """Problems with a Minitron-depth window score (`scorer`, `scorer_fewshot`, `scorer_limit`), as `StructuredPrune`
+    would report them when the arm starts."""
+    from litprune.eval.task_scorer import check_task_scorer, is_task_scorer
+    from litprune.pruning.scorers import check_scorer
+
+    name = scorer.get("scorer", "perplexity")
+    fewshot, limit = scorer.get("scorer_fewshot", 0), scorer.get("scorer_limit")
+    try:
+        if is_task_scorer(name):
+            check_task_scorer(name, fewshot, limit, option_names=SCORER_KEYS[1:])
+            return []
+        check_scorer(name)
+    except ValueError as err:
+        return [str(err)]
+    if fewshot != 0 or limit is not None:
+        return [f"scorer_fewshot and scorer_limit apply to a task scorer (scorer: task:<lm-eval task>), not {name!r}"]
+    return []
 
 
 def _check_structured(where: str, method: MethodSpec, config: Any, problems: list[str]) -> None:
@@ -719,7 +825,7 @@ def long_slice(spec: StudySpec) -> tuple[str, dict[str, Any] | None]:
 def _check_calibration(spec: StudySpec, problems: list[str]) -> None:
     from litprune.inits.calibration import Calibration
 
-    unknown = sorted(set(spec.calibration) - {"nsamples", "seqlen", "seed"})
+    unknown = sorted(set(spec.calibration) - set(CALIBRATION_WINDOWS))
     if unknown:
         problems.append(
             f"calibration keys {unknown} are unknown: use nsamples, seqlen, seed (the slice is slices.calibration)"
@@ -729,6 +835,38 @@ def _check_calibration(spec: StudySpec, problems: list[str]) -> None:
         Calibration(slice=spec.slices.calibration, **spec.calibration)
     except (TypeError, ValueError) as err:
         problems.append(f"calibration: {err}")
+
+
+def _check_launch(launch: LaunchSpec, problems: list[str]) -> None:
+    """The `launch` section: values that go into job scripts, so each is one line of the expected form."""
+    if isinstance(launch.time, int) and not isinstance(launch.time, bool):
+        problems.append(
+            f"launch.time={launch.time!r}: YAML reads an unquoted 48:00:00 as a number of seconds; quote the time "
+            'limit, e.g. time: "48:00:00"'
+        )
+    elif launch.time is not None and (
+        not isinstance(launch.time, str) or not re.fullmatch(r"(\d+-)?\d+(:\d{1,2}){0,2}", launch.time)
+    ):
+        problems.append(
+            f"launch.time={launch.time!r} is not a SLURM time limit; use hours:minutes:seconds or "
+            'days-hours:minutes:seconds, quoted, e.g. time: "48:00:00"'
+        )
+    for key in ("partition", "account"):
+        value = getattr(launch, key)
+        if value is not None and (not isinstance(value, str) or not value or re.search(r"\s", value)):
+            problems.append(f"launch.{key}={value!r} must be a {key} name (one word), or null")
+    for key, example in (("extra_sbatch", '["--cpus-per-task=16"]'), ("setup", '["source .venv/bin/activate"]')):
+        value = getattr(launch, key)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() and "\n" not in v for v in value):
+            problems.append(f"launch.{key}={value!r} must be a list of one-line strings, e.g. {key}: {example}")
+        elif key == "extra_sbatch" and any(not v.startswith("-") for v in value):
+            problems.append(
+                f"launch.extra_sbatch={value!r}: each entry is an sbatch option starting with '-', e.g. "
+                '"--cpus-per-task=16" (without #SBATCH)'
+            )
+    port = launch.master_port
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        problems.append(f"launch.master_port={port!r} must be a TCP port number, e.g. 29500")
 
 
 def _check_eval(spec: StudySpec, problems: list[str]) -> None:

@@ -19,6 +19,9 @@ from litprune.utils.atomic import atomic_file, hidden_sibling
 
 LAST = "last.ckpt"
 PREVIOUS = "previous.ckpt"
+DISTRIBUTED_METADATA = "meta.pt"
+"""The file of a distributed checkpoint (a directory, `ModelParallelStrategy(save_distributed_checkpoint=True)`) that
+holds everything but the sharded tensors: the litprune record, the loop and callback states (Lightning's name)."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -65,10 +68,15 @@ def is_intact(path: Path) -> bool:
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
     """`torch.load` of a litprune checkpoint (weights only).
 
+    A distributed checkpoint (a directory of shards written under FSDP2) reads as its metadata file: everything but
+    the model and optimizer tensors, which only the strategy can load into a sharded model.
+
     Raises:
         ValueError: the file is truncated or corrupt; the message names it and the previous checkpoint to resume
             from when one is intact.
     """
+    if Path(path).is_dir():
+        path = Path(path) / DISTRIBUTED_METADATA
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except FileNotFoundError:

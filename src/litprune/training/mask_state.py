@@ -12,6 +12,11 @@ A state is a plain dict that `torch.load(weights_only=True)` reads (tensors, lis
     last_event_step  optimizer step of the latest pruning event, -1 before the first
     current_ratio    the schedule's ratio after that event (optional: the schedule gives it again)
     input_norms      Wanda statistics gathered since that event (only with score="wanda" and a schedule)
+    input_norms_by_rank  under DDP/FSDP2, every rank's own statistics (`sum_sq` [world, features], `num_rows`
+                     [world]), since each rank gathers its own until the next event all-reduces them (optional)
+
+Masks are always whole tensors, also under FSDP2, where every rank holds only its rows: the callback gathers them
+before saving and each rank cuts its rows out again on resume, so the number of ranks may change between the two.
 
 Version 1 (the first release) named the ratios `sparsity`, `initial_sparsity` (settings) and `current_sparsity`
 (state). `upgrade_state` brings any supported version to the current one and gives the optional keys their
@@ -23,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from litprune.models.mask_packing import pack_mask, unpack_mask
@@ -144,3 +150,23 @@ def describe_differences(saved: Mapping[str, Any], now: Mapping[str, Any], defau
         for key in sorted(set(saved) | set(now))
         if then(key) != now.get(key, ABSENT)
     )
+
+
+def own_input_norms(state: Mapping[str, Any], rank: int, world_size: int) -> dict[str, Any]:
+    """The Wanda statistics (`ActivationNorms.load_state_dict` format) rank `rank` of `world_size` resumes with.
+
+    Its own when the state holds every rank's for as many ranks as now run (`input_norms_by_rank`); otherwise rank 0
+    takes the sum of all of them and the other ranks start from zero (the next pruning event all-reduces the
+    statistics, so their sum is what counts). Without per-rank statistics (one process, older states) the saved
+    `input_norms`.
+    """
+    saved = dict(state["input_norms"])
+    by_rank = state.get("input_norms_by_rank")
+    if not by_rank:
+        return saved
+    sum_sq, num_rows = by_rank["sum_sq"], [int(n) for n in by_rank["num_rows"]]
+    if sum_sq.shape[0] == world_size:
+        return {**saved, "sum_sq": sum_sq[rank].clone(), "num_rows": num_rows[rank]}
+    if rank == 0:
+        return {**saved, "sum_sq": sum_sq.sum(0), "num_rows": sum(num_rows)}
+    return {**saved, "sum_sq": torch.zeros_like(sum_sq[0]), "num_rows": 0}
