@@ -168,3 +168,23 @@ def test_heldout_slice_must_be_disjoint_from_what_arms_read(tmp_path):
     study["eval"]["loss_slice"] = "nowhere"
     with pytest.raises(StudyError, match=r"eval.loss_slice='nowhere' is not a slice of data.slices"):
         check_study(study_from_dict(study))
+
+
+def test_several_seeds_give_one_comparison_with_the_seed_spread(tmp_path):
+    study = micro_study(tmp_path / "out", seeds=[0, 1])
+    study["methods"] = [{"method": "minitron_depth", "ratios": [0.5]}]
+    spec = study_from_dict(study)
+    arms = expand_study(spec)
+    rng = np.random.default_rng(3)
+    base = rng.normal(4.0, 0.3, size=32)
+    for arm in arms:
+        _finish(arm, calibration=256 if arm.label == "P_M-R_N" else 0)
+        shift = {"P_M-R_N": 0.0, "S_N": 0.4 + 0.2 * (arm.seed or 0), "S_M+N": -0.1}.get(arm.label, 0.0)
+        _evaluate(arm, list(base + shift))
+    rows = collect_rows(spec, arms)
+    comparisons = compare_arms(spec, rows, arms)
+    training = next(c for c in comparisons if c.scratch == "S_N")
+    assert len(training.pruned) == 2 and training.loss.seeds == 2
+    assert training.loss.mean == pytest.approx(0.5) and training.loss.seed_spread == pytest.approx(0.2 / 2**0.5)
+    markdown = render_markdown(spec, rows, build_ledger(spec, arms), comparisons, [], [], {})
+    assert "| seeds | seed spread (sd) |" in markdown and "| 2 | 0.141 |" in markdown

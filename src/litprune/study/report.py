@@ -559,16 +559,23 @@ def _heldout_size(spec: StudySpec, rows: list[dict[str, Any]]) -> str:
 
 
 def _comparison_table(comparisons: list[Comparison]) -> str:
+    """One row per comparison; with several seeds, the seed count and the spread of the per-seed mean differences."""
+    seeded = any(c.loss is not None and c.loss.seeds > 1 for c in comparisons)
+    extra = " seeds | seed spread (sd) |" if seeded else ""
+    head = "| method | ratio | N | setting | scratch arm | held-out loss, scratch - P_M-R_N (interval) | decision |"
     lines = [
-        "| method | ratio | N | setting | scratch arm | held-out loss, scratch - P_M-R_N (interval) | decision |",
-        "|---|---|---|---|---|---|---|",
+        head + extra,
+        "|---|---|---|---|---|---|---|" + ("---|---|" if seeded else ""),
     ]
+    decision = {"pruned": "P_M-R_N beats", "scratch": "scratch beats", "tie": "tie", None: "not evaluated"}
     for c in comparisons:
-        decision = {"pruned": "P_M-R_N beats", "scratch": "scratch beats", "tie": "tie", None: "not evaluated"}
         interval = "-" if c.loss is None else c.loss.text()
-        lines.append(
-            f"| {c.method} | {c.ratio:g} | {c.n:,} | {c.setting} | `{c.scratch}` | {interval} | {decision[c.verdict]} |"
-        )
+        row = f"| {c.method} | {c.ratio:g} | {c.n:,} | {c.setting} | `{c.scratch}` | {interval} | "
+        row += f"{decision[c.verdict]} |"
+        if seeded:
+            spread = c.loss.seed_spread if c.loss is not None else None
+            row += f" {len(c.pruned)} | {'-' if spread is None else f'{spread:.3f}'} |"
+        lines.append(row)
     return "\n".join(lines)
 
 
