@@ -18,3 +18,14 @@ class StallAtStep(Callback):
         if trainer.global_step == self.step:
             Path(self.flag).write_text(str(trainer.global_step))
             time.sleep(self.seconds)
+
+
+class FailAtStep(Callback):
+    """Raise at the start of optimizer step `step`: an in-process stand-in for a crashed run."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"interrupted at step {self.step}")

@@ -14,7 +14,6 @@ import pytest
 import torch
 import yaml
 from conftest import tiny_run_args
-from lightning.pytorch import Callback
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -37,17 +36,6 @@ RETRAIN_TOKENS = 1024  # 4 steps of 8 x 32 tokens; the tests' config checkpoints
 SMALL_CALIBRATION = {"slice": "train", "nsamples": 4, "seqlen": 32, "seed": 3}
 SPARSE_MASK = {"class_path": "litprune.callbacks.sparse_mask.SparseMask", "init_args": {"mask_source": "module"}}
 DECODER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-class FailAtStep(Callback):
-    """Raise at the start of optimizer step `step`: an in-process stand-in for a crashed run."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            raise RuntimeError(f"interrupted at step {self.step}")
 
 
 @pytest.fixture
@@ -158,7 +146,7 @@ def test_resume_keeps_the_masks_and_ends_bit_identical(parent, tmp_path):
     _fit(straight, init)
 
     interrupted = tmp_path / "interrupted"
-    crash = {"class_path": "test_sparse_init.FailAtStep", "init_args": {"step": 3}}
+    crash = {"class_path": "resume_helpers.FailAtStep", "init_args": {"step": 3}}
     with pytest.raises(RuntimeError, match="interrupted at step 3"):
         _fit(interrupted, init, "P_M-R_N", [crash])
     assert not (interrupted / "export").exists()

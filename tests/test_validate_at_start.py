@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 import yaml
 from conftest import TEST_VOCAB, tiny_run_args
-from lightning.pytorch import Callback
 from transformers import AutoModelForCausalLM
 
 from litprune.cli.lightning_cli import LitpruneCLI
@@ -29,17 +28,6 @@ TOKENS = 2048  # 8 steps of 8 x 32 tokens; validation every 4 steps (tests/confi
 TOKENS_PER_STEP = 8 * 32
 CALIBRATION = {"slice": "train", "nsamples": 8, "seqlen": 32, "seed": 3}
 SPARSE_MASK = {"class_path": "litprune.callbacks.sparse_mask.SparseMask", "init_args": {"mask_source": "module"}}
-
-
-class FailAtStep(Callback):
-    """Raise at the start of optimizer step `step`: an in-process stand-in for a crashed run."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            raise RuntimeError(f"interrupted at step {self.step}")
 
 
 def _fit(run_dir: Path, override: dict | None = None, *extra: str) -> Path:
@@ -118,7 +106,7 @@ def test_turning_it_off_removes_the_point_and_changes_nothing_else(fresh_run, tm
 
 def test_resumed_run_adds_no_second_start_point(fresh_run, tmp_path):
     run_dir = tmp_path / "run"
-    crash = {"trainer": {"callbacks": [{"class_path": "test_validate_at_start.FailAtStep", "init_args": {"step": 3}}]}}
+    crash = {"trainer": {"callbacks": [{"class_path": "resume_helpers.FailAtStep", "init_args": {"step": 3}}]}}
     with pytest.raises(RuntimeError, match="interrupted at step 3"):
         _fit(run_dir, crash)
     assert len(_start_records(run_dir)) == 1
