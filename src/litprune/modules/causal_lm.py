@@ -47,6 +47,7 @@ from litprune.models.sharding import (
     parameters_on_meta,
     shard_model,
 )
+from litprune.modules.training_terms import TrainingTerm
 from litprune.training.budget import TokenBudget, resume_budget
 from litprune.training.checkpoint_io import load_checkpoint, read_checkpoint_record
 from litprune.training.lr_schedule import WarmupCosine, resize_schedule_state
@@ -153,6 +154,8 @@ class CausalLM(LightningModule):
         self._time_at_last_log: float | None = None
         self._val_sum = 0.0
         self._val_count = 0
+        # Extra objective terms registered by callbacks (Sheared-LLaMA's masks and multipliers); see training_terms.
+        self.training_terms = torch.nn.ModuleDict()
 
     # ----------------------------------------------------------------------------------------- model building
     def architecture(self, vocab_size: int | None = None) -> LlamaConfig | None:
@@ -265,8 +268,25 @@ class CausalLM(LightningModule):
         logits = self(batch["input_ids"])
         return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten())
 
+    def add_training_term(self, name: str, term: TrainingTerm) -> None:
+        """Register `term` (call before the optimizer is built, e.g. from a callback's `setup`): its parameters
+        get their own optimizer groups and its loss is added to every training step's loss, logged as
+        `train/<name>`.
+
+        Raises:
+            ValueError: a term named `name` is already registered.
+        """
+        if name in self.training_terms:
+            raise ValueError(f"A training term named {name!r} is already registered; give each one its own name.")
+        self.training_terms[name] = term
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
+        for name, term in self.training_terms.items():
+            value = term.loss()
+            if value is not None:
+                loss = loss + value
+                self.log(f"train/{name}", value.detach())
         # The mean over every process (each holds the same number of tokens), not rank 0's share: one all-reduce.
         global_loss = self.trainer.strategy.reduce(loss.detach().clone(), reduce_op="mean")
         self.log("train/loss", global_loss, prog_bar=True)
@@ -340,8 +360,11 @@ class CausalLM(LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         if self.budget is None:
             raise RuntimeError("configure_optimizers needs the token budget; it is set in setup('fit').")
+        groups: list[dict[str, Any]] = [{"params": list(self.model.parameters())}]
+        for term in self.training_terms.values():
+            groups.extend(term.param_groups(self.lr))
         optimizer = torch.optim.AdamW(
-            self.parameters(), lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay
+            groups, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay
         )
         schedule = WarmupCosine(total_steps=self.budget.steps, **self.schedule_args)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
