@@ -3,6 +3,7 @@ LightningCLI (as a second `--config`), including one real fit driven only by YAM
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from pathlib import Path
 
@@ -98,9 +99,12 @@ def cli(tmp_path: Path, model_class: type, *configs: Path) -> LightningCLI:
 
 @pytest.mark.parametrize("snippet", SNIPPETS, ids=[p.stem for p in SNIPPETS])
 def test_snippets_parse_as_second_config_and_keep_run_callbacks(tmp_path, snippet):
-    expected = yaml.safe_load(snippet.read_text())["trainer"]["callbacks+"][0]["init_args"]
+    entry = yaml.safe_load(snippet.read_text())["trainer"]["callbacks+"][0]
+    expected = entry["init_args"]
+    module, _, name = entry["class_path"].rpartition(".")
+    callback_class = getattr(importlib.import_module(module), name)
     trainer = cli(tmp_path, MLP, snippet).trainer
-    (callback,) = [cb for cb in trainer.callbacks if isinstance(cb, SparseMask)]
+    (callback,) = [cb for cb in trainer.callbacks if isinstance(cb, callback_class)]
     for key, value in expected.items():
         assert getattr(callback, key) == value, (snippet.name, key)
     # Appended with `callbacks+`, so the run's own callbacks survive.

@@ -138,10 +138,11 @@ def test_submit_script_submits_parents_first_with_afterok_on_their_jobs(paper, t
         dependencies = [c for c in call if c.startswith("--dependency=")]
         if arm.is_parent:
             assert dependencies == []
-        else:  # every pruned and scratch arm waits for the parent's job, which was submitted before it
-            assert arm.depends_on == [parent.id]
-            assert dependencies == [f"--dependency=afterok:{job_of[parent.id]}"]
-            assert order.index(parent.id) < order.index(arm.id)
+        else:  # every pruned and scratch arm waits for the parent's job (a chain's continued pretraining: for its
+            # pruning phase's, which waits for the parent's), submitted before it
+            assert arm.depends_on == (arm.chain[-1:] if arm.chain else [parent.id])
+            assert dependencies == ["--dependency=afterok:" + ":".join(job_of[d] for d in arm.depends_on)]
+            assert all(order.index(d) < order.index(arm.id) for d in arm.depends_on)
     report = calls[-1]
     assert report[2:] == ["--parsable", "--dependency=afterok:" + ":".join(job_of[a.id] for a in arms)]
     assert f"{parent.id}: job {job_of[parent.id]}" in result.stdout
@@ -160,7 +161,12 @@ def test_submit_script_skips_finished_arms_and_refuses_while_jobs_are_queued(pap
         assert f"{parent.id}: finished, not submitted" in result.stdout
         calls = [line.split() for line in (tmp_path / "calls.log").read_text().splitlines()]
         assert [Path(c[1]).name for c in calls][0] == f"{arms[1].id}.sbatch"
-        assert all(not c.startswith("--dependency") for call in calls[:-1] for c in call)  # the parent has finished
+        # The parent has finished: only a chain's continued pretraining waits, on its pruning phase's job.
+        job_of = {Path(call[1]).name.removesuffix(".sbatch"): call[0] for call in calls}
+        for arm in arms[1:]:
+            call = next(c for c in calls if Path(c[1]).name == f"{arm.id}.sbatch")
+            waits = [c for c in call if c.startswith("--dependency")]
+            assert waits == ([f"--dependency=afterok:{job_of[arm.chain[-1]]}"] if arm.chain else [])
         # A rerun while jobs of the study are queued would run arms twice.
         (tmp_path / "calls.log").unlink()
         env = _stubs(tmp_path, squeue=f"#!/bin/bash\necho other.job\necho 'llama3.1-8b.{arms[1].id}'\n")

@@ -100,8 +100,11 @@ def test_paper_study_calibrates_each_method_as_its_authors(tmp_path):
     assert (depth["scorer"], depth["scorer_fewshot"]) == ("task:winogrande", 5)  # the reference's 8B script
     config = build_llama_config("llama3.1-8b", vocab_size=128256)
     assert solve_shape(config, "depth", ratio=depth["ratio"]).shape.as_dict()["num_hidden_layers"] == 16  # of 32
+    # Sheared-LLaMA's P_M-R_N continues from its pruning phase's export: it reads no calibration windows.
     windows = {
-        group: {k: init["calibration"][k] for k in ("nsamples", "seqlen", "seed")} for group, init in pruned.items()
+        group: {k: init["calibration"][k] for k in ("nsamples", "seqlen", "seed")}
+        for group, init in pruned.items()
+        if "calibration" in init
     }
     assert windows["minitron_width-0.5"] == {"nsamples": 1024, "seqlen": 8192, "seed": 42}
     assert (
@@ -113,4 +116,4 @@ def test_paper_study_calibrates_each_method_as_its_authors(tmp_path):
             "seed": 0,
         }
     )
-    assert {init["calibration"]["slice"] for init in pruned.values()} == {"calibration"}
+    assert {init["calibration"]["slice"] for init in pruned.values() if "calibration" in init} == {"calibration"}

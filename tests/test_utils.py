@@ -176,5 +176,5 @@ def test_study_sparse_names_are_the_registries():
     study["methods"] = [{"method": "wandaa", "ratios": [0.5]}]
     with pytest.raises(StudyError) as info:
         check_study(study_from_dict(study))
-    assert "Did you mean 'wanda'?" in str(info.value)
+    assert "Did you mean 'wanda'" in str(info.value)
     assert all(name in str(info.value) for name in METHODS)

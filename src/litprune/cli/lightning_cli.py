@@ -48,6 +48,7 @@ from litprune.cli.run_sections import command_for
 from litprune.data.datamodule import TokenDataModule
 from litprune.models.positions import check_seq_len
 from litprune.modules.causal_lm import CausalLM, check_vocab
+from litprune.modules.distillation import read_teacher_config
 from litprune.training.budget import TokenBudget, resume_budget
 from litprune.training.checkpoint_io import AtomicCheckpointIO
 from litprune.training.metrics_logger import MetricsLogger
@@ -146,6 +147,9 @@ class LitpruneCLI(LightningCLI):
         world_size = planned_world_size(trainer)
         if isinstance(model, CausalLM):
             resuming = model.resume_checkpoint is not None
+            if model.distill is not None:
+                # A missing or non-Llama teacher stops the run before a pruning init spends time on the parent.
+                read_teacher_config(model.distill)
             run_dir = trainer.default_root_dir
             launches = not _processes_started_outside(trainer)
             pruned = pruned_init_for_fit(

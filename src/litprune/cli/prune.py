@@ -90,6 +90,7 @@ def prune(
     from litprune.eval.borrow import resolve_device
     from litprune.inits.parent import read_parent_config, run_tokenizer
     from litprune.inits.pruned import check_output, write_pruned
+    from litprune.models.fingerprint import weights_fingerprint
 
     check_output(out, overwrite)
     resolved = resolve_device(device)
@@ -122,7 +123,7 @@ def prune(
         out,
         tokenizer,
         parent_parameters=_parameter_counts(parent_config),
-        parent_fingerprint=_parent_fingerprint(init.parent, parent_config),
+        parent_fingerprint=weights_fingerprint(init.parent, parent_config),
         init_config=(sections.config.get("model") or {}).get("init_args", {}).get("init"),
         data_record=data.record() if getattr(data, "store_path", None) is not None else None,
         job=job,
@@ -188,10 +189,11 @@ def pruned_init_for_fit(
 
 def _check_same_pruning(init: Any, record: dict[str, Any], out: Path) -> None:
     """Refuse a pruned model of another parent, method or ratio than the run's init asks for."""
-    stored = (record.get("init") or {}).get("init_args") or {}
+    # Records written before per-layer ratios existed pruned with uniform ratios.
+    stored = {"layer_ratios": "uniform", "owl": None, **((record.get("init") or {}).get("init_args") or {})}
     differ = [
         f"{key}: {stored[key]!r} there, {getattr(init, key)!r} in this run"
-        for key in ("parent", "method", "ratio", "pattern")
+        for key in ("parent", "method", "ratio", "pattern", "layer_ratios", "owl")
         if key in stored and hasattr(init, key) and str(stored[key]) != str(getattr(init, key))
     ]
     if differ:
@@ -232,18 +234,6 @@ def _parameter_counts(config: Any) -> dict[str, int]:
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
     return count_parameters(skeleton).as_dict()
-
-
-def _parent_fingerprint(parent: str, config: Any) -> str | None:
-    """`sha256:<hex>` of a local parent's weight files (as `litprune eval` fingerprints a model directory); for a
-    hub parent, the revision it resolved to, when known."""
-    local = Path(parent).expanduser()
-    if local.is_dir():
-        from litprune.eval.run import _directory_fingerprint
-
-        return f"sha256:{_directory_fingerprint(local)[0]}"
-    commit = getattr(config, "_commit_hash", None)
-    return f"hub:{parent}@{commit}" if commit else None
 
 
 def _report(record: dict[str, Any], out: str | Path) -> str:

@@ -31,6 +31,7 @@ from litprune.eval.offline_tasks import DEFAULT_MAX_EXAMPLES, OfflineTask, prepa
 from litprune.eval.perplexity import PAPER_MAX_WINDOWS, WINDOW_SELECTIONS, choose_window_length, perplexity
 from litprune.eval.tasks import TaskSpec, resolve_tasks
 from litprune.eval.text_sources import TextSource, load_documents, load_text_source, parse_source_spec
+from litprune.models.fingerprint import weight_files_digest
 from litprune.utils.atomic import atomic_write_json
 
 PAPER_PERPLEXITY_SOURCES = ("c4", "wikitext", "cnn_dailymail")
@@ -362,7 +363,7 @@ def load_for_eval(path: str | Path, tokenizer: str | None = None, dtype: str = "
             raise ValueError(f"{path} has no config.json; point model= at an exported Hugging Face model directory.")
         model = AutoModelForCausalLM.from_pretrained(path, dtype="auto" if dtype == "auto" else _DTYPES[dtype])
         tok = AutoTokenizer.from_pretrained(tokenizer or path)
-        fingerprint, of = _directory_fingerprint(path)
+        fingerprint, of = weight_files_digest(path)
         record_path = path / "litprune.json"
         record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else None
         return LoadedModel(model.eval(), tok, "hf_dir", fingerprint, of, record, str(record_path) if record else None)
@@ -431,18 +432,6 @@ def _load_checkpoint(path: Path, tokenizer: str | None, dtype: str) -> LoadedMod
     return LoadedModel(
         model.eval(), tok, "lightning_ckpt", _state_fingerprint(state), "state_dict tensors", run_record, str(path)
     )
-
-
-def _directory_fingerprint(path: Path) -> tuple[str, str]:
-    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
-    kind = "safetensors files" if files and files[0].suffix == ".safetensors" else "weight files"
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.name.encode("utf-8") + b"\0")
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(block)
-    return digest.hexdigest(), kind
 
 
 def _state_fingerprint(state: dict[str, torch.Tensor]) -> str:

@@ -40,8 +40,9 @@ from litprune.inits.parent import check_run_data, local_config_path, parent_reco
 from litprune.inits.sparse_controls import random_init_random_mask, random_init_same_mask, reinit_surviving
 from litprune.models.loading import load_causal_lm
 from litprune.models.params import count_parameters
+from litprune.pruning.owl import check_layer_ratios
 from litprune.pruning.patterns import check_ratio, parse_pattern
-from litprune.pruning.sparse import CALIBRATED_METHODS, METHOD_KWARGS, METHODS, prune_sparse
+from litprune.pruning.sparse import METHOD_KWARGS, METHODS, needs_windows, prune_sparse
 from litprune.pruning.targets import DEFAULT_TARGETS, compile_targets
 from litprune.utils.suggest import did_you_mean
 
@@ -85,6 +86,25 @@ class SparsePrune(InitStrategy):
     - "random_fresh_mask": a full random init on a fresh random mask of the same pattern (N:M: N random entries of
       every group of M; unstructured: the same number of pruned entries per row as the method's mask).
 
+    Per-layer ratios: with `layer_ratios: owl` each decoder layer gets its own ratio from its share of outlier
+    weights (OWL, `litprune.pruning.owl`): layers with more outliers keep more weights, every layer stays within
+    `ratio +- lambda`, and the model prunes exactly `round(ratio * target weights)` in total. Unstructured
+    patterns only. The outlier statistics come from one extra calibration pass over the dense parent, so
+    magnitude with OWL also reads the calibration windows (and records them in the token ledger):
+
+    ```yaml
+    init:
+      class_path: litprune.inits.SparsePrune
+      init_args:
+        parent: runs/tiny_scratch/export
+        method: wanda                 # or sparsegpt, magnitude
+        ratio: 0.7
+        pattern: unstructured
+        layer_ratios: owl
+        owl: {lambda: 0.08, threshold_m: 5}   # the paper's defaults; either key may be left out
+        calibration: {slice: train, nsamples: 64, seqlen: 128, seed: 0}
+    ```
+
     The controls draw from `control_seed` (the reference `reinit.py` uses seed 42). Pruning runs on the CPU, where
     the parent is loaded (`litprune prune --device cuda` prunes on a GPU, once, outside the run).
 
@@ -96,19 +116,26 @@ class SparsePrune(InitStrategy):
         targets: regex that must fully match (`re.fullmatch`) the parameter names of the weights to prune, e.g.
             `model.layers.0.mlp.up_proj.weight`; only `nn.Linear` weights are pruned. Default: the
             q/k/v/o/gate/up/down projection weights of every decoder layer.
-        calibration: which tokens Wanda and SparseGPT calibrate on (default `Calibration()`: 128 windows of 256
-            tokens of the `train` slice, seed 0). Ignored by magnitude, which reads no data.
+        calibration: which tokens Wanda, SparseGPT and OWL calibrate on (default `Calibration()`: 128 windows of
+            256 tokens of the `train` slice, seed 0). Ignored by magnitude with uniform ratios, which reads no data.
         control: "none" (default), "reinit", "random_same_mask" or "random_fresh_mask" (see above).
         control_seed: seed of the control's random weights (and of the fresh mask).
         method_kwargs: options of the method: wanda `batch_size`; sparsegpt `blocksize` (128), `percdamp` (0.01),
             `batch_size`.
+        layer_ratios: "uniform" (default: every target at `ratio`) or "owl" (a ratio per decoder layer from its
+            share of outlier weights; unstructured only).
+        owl: OWL hyperparameters, only with `layer_ratios: owl`: `lambda` (largest deviation of a layer's ratio
+            from `ratio`, default 0.08) and `threshold_m` (a weight is an outlier when its score exceeds this
+            times its matrix's mean score, default 5).
 
     Raises:
         ValueError: unknown method or control (close matches are suggested), a bad pattern, a ratio outside
             [0, 1) or different from N/M for an N:M pattern, a missing ratio for "unstructured", an invalid
-            `targets` regex, unknown method options; and, when the parent is on disk, a parent that is not a
-            Llama-layout model, a calibration window longer than its positions, or `control="reinit"` with tied
-            embeddings. All argument problems are reported together.
+            `targets` regex, unknown method options, an unknown `layer_ratios`, `layer_ratios: owl` with an N:M
+            pattern, bad `owl` options (unknown keys, `lambda` outside [0, 1) or wider than the ratio allows,
+            a non-positive `threshold_m`), `owl` options without `layer_ratios: owl`; and, when the parent is on
+            disk, a parent that is not a Llama-layout model, a calibration window longer than its positions, or
+            `control="reinit"` with tied embeddings. All argument problems are reported together.
     """
 
     def __init__(
@@ -122,6 +149,8 @@ class SparsePrune(InitStrategy):
         control: str = "none",
         control_seed: int = 0,
         method_kwargs: dict | None = None,
+        layer_ratios: str = "uniform",
+        owl: dict | None = None,
     ) -> None:
         problems: list[str] = []
         if not isinstance(parent, str) or not parent:
@@ -158,6 +187,8 @@ class SparsePrune(InitStrategy):
             if unknown:
                 allowed = ", ".join(sorted(METHOD_KWARGS[method])) or "none"
                 problems.append(f"method_kwargs {unknown} do not apply to {method!r}; it accepts: {allowed}.")
+        owl_problems, _ = check_layer_ratios(layer_ratios, owl, parsed, ratio)
+        problems.extend(owl_problems)
         calibration = Calibration.coerce(calibration, problems)
         if problems:
             raise ValueError("SparsePrune: " + " ".join(problems))
@@ -170,6 +201,8 @@ class SparsePrune(InitStrategy):
         self.control = control
         self.control_seed = int(control_seed)
         self.method_kwargs = dict(method_kwargs)
+        self.layer_ratios = layer_ratios
+        self.owl = None if owl is None else dict(owl)
         if local_config_path(self.parent) is not None:
             self.check_parent()
 
@@ -183,8 +216,8 @@ class SparsePrune(InitStrategy):
 
     @property
     def needs_data(self) -> bool:
-        """Whether the method calibrates on data (Wanda, SparseGPT)."""
-        return self.method in CALIBRATED_METHODS
+        """Whether pruning reads calibration data (Wanda, SparseGPT, and any method with OWL ratios)."""
+        return needs_windows(self.method, self.layer_ratios)
 
     def check_parent(self) -> PretrainedConfig:
         """Check the parent's config (no weights are read) and return it.
@@ -231,6 +264,8 @@ class SparsePrune(InitStrategy):
             windows=windows,
             targets=self.targets,
             calibration=provenance,
+            layer_ratios=self.layer_ratios,
+            owl=self.owl,
             **self.method_kwargs,
         )
         masks = self._apply_control(model, result.masks)

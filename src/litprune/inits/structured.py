@@ -9,7 +9,7 @@ init:
   class_path: litprune.inits.StructuredPrune
   init_args:
     parent: runs/tiny_scratch/export
-    method: minitron_depth          # or shortgpt, minitron_width
+    method: minitron_depth          # or shortgpt, minitron_width, flap, wanda_sp
     ratio: 0.5
     calibration: {slice: train, nsamples: 64, seqlen: 128}
     # Minitron-depth window score: perplexity on the calibration windows (default), or a downstream task run
@@ -47,19 +47,26 @@ from litprune.inits.parent import (
     run_tokenizer,
 )
 from litprune.models.loading import load_causal_lm
+from litprune.pruning.flap import check_flap_parent
 from litprune.pruning.scorers import check_scorer
-from litprune.pruning.shapes import ShapePlan, check_convention, check_ratio_open, solve_shape
-from litprune.pruning.structured import STRUCTURED_METHODS, prune_structured
+from litprune.pruning.shapes import (
+    TARGET_KEYS,
+    ShapePlan,
+    check_convention,
+    check_ratio_open,
+    check_supported_config,
+    solve_shape,
+)
+from litprune.pruning.structured import STRUCTURED_METHODS, check_flap_arguments, pop_keep_masks, prune_structured
 from litprune.utils.suggest import did_you_mean
 
 # The names StructuredPrune gives the task scorer's few-shot count and example limit (used in messages).
 SCORER_OPTIONS = ("scorer_fewshot", "scorer_limit")
 
-# Target keys each kind of shape accepts (see `litprune.pruning.shapes.solve_shape`).
-TARGET_KEYS: dict[str, tuple[str, ...]] = {
-    "depth": ("num_hidden_layers",),
-    "width": ("hidden_size", "intermediate_size", "num_key_value_heads"),
-}
+# Method name -> kind of target shape, for every method whose shape a scratch twin can build: the one-shot
+# structured methods, plus Sheared-LLaMA (pruned during training, so not a `StructuredPrune` method) whose
+# target is a width shape.
+TARGET_KINDS: dict[str, str] = {**STRUCTURED_METHODS, "sheared": "width"}
 
 
 class TargetShapeInit(InitStrategy):
@@ -94,14 +101,20 @@ class TargetShapeInit(InitStrategy):
 
     @property
     def kind(self) -> str:
-        """The kind of target shape: "depth" or "width"."""
-        return STRUCTURED_METHODS.get(self.method, self.method)
+        """The kind of target shape: "depth", "width" or "attention_mlp"."""
+        return TARGET_KINDS.get(self.method, self.method)
+
+    @property
+    def solves_shape(self) -> bool:
+        """Whether the result has one shape solved up front (False for FLAP's adaptive search)."""
+        return True
 
     def check_parent_config(self, config: PretrainedConfig) -> None:
         """Further checks of the parent's config before the shape is solved (none by default)."""
 
-    def plan(self) -> ShapePlan:
-        """Solve the target shape from the parent's config alone (no weights are read).
+    def plan(self) -> ShapePlan | None:
+        """Solve the target shape from the parent's config alone (no weights are read); None when the method
+        chooses per-layer widths itself (`solves_shape` is False), after the same checks of the parent.
 
         Raises:
             FileNotFoundError: no checkpoint at `parent`.
@@ -110,6 +123,9 @@ class TargetShapeInit(InitStrategy):
         """
         config = read_parent_config(self.parent)
         self.check_parent_config(config)
+        if not self.solves_shape:
+            check_supported_config(config)
+            return None
         return solve_shape(config, self.kind, ratio=self.ratio, target=self.target, convention=self.convention)
 
 
@@ -125,15 +141,38 @@ class StructuredPrune(TargetShapeInit):
     record if it is a litprune export, and the calibration provenance; the calibration tokens enter the run's
     token ledger as `init_tokens.calibration`.
 
+    FLAP with its options (the defaults shown; the scratch twin is `ScratchTarget` with `method: flap`):
+
+    ```yaml
+    init:
+      class_path: litprune.inits.StructuredPrune
+      init_args:
+        parent: runs/tiny_scratch/export
+        method: flap                     # or wanda_sp (no options: uniform, sequential, no bias)
+        ratio: 0.5                       # or target: {num_key_value_heads: 5, intermediate_size: 6528}
+        calibration: {slice: train, nsamples: 128, seqlen: 128, seed: 0}
+        flap:
+          metric: WIFV                   # IFV, WIFV or WIFN
+          structure: uniform             # adaptive: the reference's global AL-AM, needs output: masked
+          attn_unit_weight: ref          # adaptive only: ref (4 head_dim / 3) or exact ((2G + 2) head_dim / 3)
+          parity: false                  # true: the reference's quirks (variance alias, int weight, off-by-one)
+          compensate: all                # attention: o_proj bias only; none: no bias
+          output: sliced                 # masked: the parent's shape with removed units zeroed
+    ```
+
     Args:
         parent: the dense parent: a Hugging Face checkpoint directory or a litprune export (`<run dir>/export`),
             loaded in fp32 with `litprune.models.loading.load_causal_lm`.
         method: "minitron_depth" (drop the contiguous block whose removal changes the score least), "shortgpt"
-            (drop the layers of lowest Block Influence) or "minitron_width" (keep the most important hidden
-            channels and MLP neurons).
-        ratio: pruned fraction of parameters under `convention`, in (0, 1); the paper uses 0.5 to 0.8.
+            (drop the layers of lowest Block Influence), "minitron_width" (keep the most important hidden
+            channels and MLP neurons), "flap" (remove whole KV groups and MLP neurons by fluctuation, with bias
+            compensation; options in `flap`) or "wanda_sp" (the same units by `|W| * ||x||`, sequential, no bias).
+        ratio: pruned fraction of parameters under `convention`, in (0, 1); the paper uses 0.5 to 0.8. With
+            `flap: {structure: adaptive}` it is FLAP's `p`, the fraction of weighted attention and MLP units.
         target: explicit shape instead of (or, for width, together with) `ratio`: `{num_hidden_layers: k}` for
-            depth; `hidden_size` and/or `intermediate_size` (optionally `num_key_value_heads`) for width.
+            depth; `hidden_size` and/or `intermediate_size` (optionally `num_key_value_heads`) for width;
+            `num_key_value_heads` (or `num_attention_heads`) and/or `intermediate_size` for flap and wanda_sp,
+            e.g. `{num_key_value_heads: 5, intermediate_size: 6528}`.
         convention: "non_embedding" (default, as in the paper) or "total": the parameter count `ratio` refers to.
         calibration: which tokens to calibrate on (default `Calibration()`: 128 windows of 256 tokens of the
             `train` slice, seed 0).
@@ -148,6 +187,11 @@ class StructuredPrune(TargetShapeInit):
         scorer_fewshot: task scorer only: few-shot examples per prompt (the reference's 8B script: 5).
         scorer_limit: task scorer only: evaluate the first `scorer_limit` examples of the task (the reference
             passes its `calib_size`); None (default) evaluates all of them.
+        flap: method "flap" only, its options (see `litprune.pruning.flap.FlapOptions`): `metric` (WIFV, IFV,
+            WIFN), `structure` (uniform: fixed counts per layer, an ordinary smaller Llama; adaptive: AL-AM, needs
+            `output: masked`), `attn_unit_weight` (ref, exact), `parity` (reference quirks), `compensate` (all,
+            attention, none) and `output` (sliced, masked). A masked result hands its keep-masks to the module,
+            so `SparseMask(mask_source: module)` keeps the removed units at zero while it trains.
 
     Raises:
         ValueError: unknown method (close matches are suggested), ratio outside (0, 1), neither ratio nor target,
@@ -169,8 +213,10 @@ class StructuredPrune(TargetShapeInit):
         batch_size: int = 1,
         scorer_fewshot: int = 0,
         scorer_limit: int | None = None,
+        flap: dict[str, Any] | None = None,
     ) -> None:
         problems = check_target_arguments(parent, method, ratio, target, convention, accept_kinds=False)
+        options = check_flap_arguments(method, flap, ratio, target, problems)
         if method == "minitron_depth":
             problems.extend(_scorer_problems(scorer, scorer_fewshot, scorer_limit))
         else:
@@ -192,15 +238,23 @@ class StructuredPrune(TargetShapeInit):
         self.batch_size = batch_size
         self.scorer_fewshot = scorer_fewshot
         self.scorer_limit = scorer_limit
+        self.flap = flap
+        self.flap_options = options
         self.adopt_target(parent, method, ratio, target, convention)
 
     @property
     def prunes_parent(self) -> bool:
         return True
 
+    @property
+    def solves_shape(self) -> bool:
+        return self.flap_options is None or self.flap_options.structure != "adaptive"
+
     def check_parent_config(self, config: PretrainedConfig) -> None:
-        """A calibration window must fit the parent's positions."""
+        """A calibration window must fit the parent's positions; FLAP's biases need a Llama parent."""
         self.calibration.check_positions(config)
+        if self.flap_options is not None:
+            check_flap_parent(config, self.flap_options)
 
     def build(
         self, config: PretrainedConfig | None = None, data: Any = None, device: str | torch.device | None = None
@@ -245,8 +299,10 @@ class StructuredPrune(TargetShapeInit):
             scorer=scorer,
             batch_size=self.batch_size,
             inplace=True,
+            flap=self.flap_options,
         )
         del model
+        masks = pop_keep_masks(record)
         if task_scored:
             record["scorer_task"] = dict(scorer.details)  # task, metric, options and example counts
         pruned.train()  # from_pretrained returns eval mode; the run trains the model
@@ -256,7 +312,7 @@ class StructuredPrune(TargetShapeInit):
             **record,
             "calibration": {**provenance, **(record.get("calibration") or {})} or None,
         }
-        return InitResult(model=pruned, record=record, tokens=tokens)
+        return InitResult(model=pruned, record=record, masks=masks, tokens=tokens)
 
 
 def _scorer_problems(scorer: str, num_fewshot: int, limit: int | None) -> list[str]:
@@ -284,9 +340,10 @@ def check_target_arguments(parent, method, ratio, target, convention, accept_kin
     problems: list[str] = []
     if not isinstance(parent, str | Path) or not str(parent):
         problems.append(f"parent={parent!r} must be a checkpoint directory (e.g. runs/tiny_scratch/export).")
-    names = list(STRUCTURED_METHODS) + (list(TARGET_KEYS) if accept_kinds else [])
-    kind = STRUCTURED_METHODS.get(method, method if accept_kinds else None)
-    if kind not in TARGET_KEYS or (method not in STRUCTURED_METHODS and not accept_kinds):
+    methods = TARGET_KINDS if accept_kinds else STRUCTURED_METHODS
+    names = list(methods) + (list(TARGET_KEYS) if accept_kinds else [])
+    kind = methods.get(method, method if accept_kinds else None)
+    if kind not in TARGET_KEYS or (method not in methods and not accept_kinds):
         hint = did_you_mean(method, names, cutoff=0.5)
         problems.append(f"Unknown method {method!r}.{hint} Available: {', '.join(names)}.")
         kind = None

@@ -18,6 +18,11 @@ model; other inits (pruned or pretrained parents) build the full model on every 
 A checkpoint carries the model's architecture (`hf_config`) in its `litprune` record, so resuming, validating,
 testing and `CausalLM.load_from_checkpoint` build the model from the checkpoint alone: no parent is loaded and
 nothing is pruned again.
+
+Retraining may distil from a frozen teacher (`distill`, `litprune.modules.distillation`): the training loss becomes
+`alpha * CE + (1 - alpha) * T^2 * KL(teacher || student)`, logged as `train/loss` with its terms `train/ce` and
+`train/kl`; validation stays plain CE. The teacher is loaded in `configure_model` at the start of each fit (sharded
+like the student under FSDP2) and is no part of the module: not in `state_dict`, checkpoints or the optimizer.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from transformers import GenerationConfig, LlamaConfig, PreTrainedModel
 from litprune.inits.base import InitResult, InitStrategy
 from litprune.inits.masks import KeepMasks, attach_masks
 from litprune.inits.random import RandomInit
+from litprune.models.fingerprint import weights_fingerprint
 from litprune.models.params import count_parameters
 from litprune.models.positions import check_seq_len
 from litprune.models.presets import build_llama_config
@@ -46,6 +52,16 @@ from litprune.models.sharding import (
     mixed_precision_policy,
     parameters_on_meta,
     shard_model,
+)
+from litprune.modules.distillation import (
+    Distillation,
+    Teacher,
+    check_resumed_distillation,
+    check_teacher_vocab,
+    compute_dtype,
+    distillation_loss,
+    distillation_record,
+    read_teacher_config,
 )
 from litprune.modules.training_terms import TrainingTerm
 from litprune.training.budget import TokenBudget, resume_budget
@@ -98,6 +114,9 @@ class CausalLM(LightningModule):
         replan_on_resume: on `--ckpt_path` resume with other tokens per step than the checkpoint's (another
             micro-batch, accumulation, device count or seq_len), re-plan the tokens left as whole steps of the new
             shape and size the LR schedule from the new total of steps. Off (default), such a resume is refused.
+        distill: retrain by distillation from a frozen teacher, e.g. `{teacher: runs/tiny_scratch/export, alpha:
+            0.5, temperature: 1.0}` (optional `top_k`); see `litprune.modules.distillation.Distillation`. The teacher
+            must use the run's tokenizer and the student's vocab_size. Null (default): plain cross-entropy.
     """
 
     def __init__(
@@ -117,9 +136,12 @@ class CausalLM(LightningModule):
         cpu_offload: bool = False,
         arm: str | None = None,
         replan_on_resume: bool = False,
+        distill: Distillation | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["init"])
+        # The distillation settings are in the run's config and record; a reloaded module (load_from_checkpoint)
+        # serves inference and needs no teacher.
+        self.save_hyperparameters(ignore=["init", "distill"])
         self.preset = preset
         self.overrides = dict(overrides or {})
         self.init_strategy = init if init is not None else RandomInit(seed=0)
@@ -141,6 +163,16 @@ class CausalLM(LightningModule):
         self.cpu_offload = cpu_offload
         self.arm = arm
         self.replan_on_resume = bool(replan_on_resume)
+        if isinstance(distill, dict):
+            distill = Distillation(**distill)
+        if distill is not None and not isinstance(distill, Distillation):
+            raise ValueError(
+                f"distill={distill!r} must be a mapping such as {{teacher: runs/tiny_scratch/export, alpha: 0.5, "
+                "temperature: 1.0}, or null."
+            )
+        self.distill = distill
+        # The frozen teacher: a plain object, so it stays outside the module tree (state_dict, optimizer, .to()).
+        self._teacher: Teacher | None = None
         self.model: PreTrainedModel | None = None
         self.init_record: dict[str, Any] = {}
         self.init_tokens: dict[str, int] = {}
@@ -167,9 +199,17 @@ class CausalLM(LightningModule):
         return build_llama_config(self.preset, self.overrides, vocab_size=vocab_size)
 
     def configure_model(self) -> None:
-        """Build the HF model once, sharded with FSDP2 under ModelParallelStrategy; idempotent."""
-        if self.model is not None or _LOADING_CHECKPOINT.get():
+        """Build the HF model once, sharded with FSDP2 under ModelParallelStrategy; idempotent. In a distilling fit,
+        then load the teacher (once per fit)."""
+        if _LOADING_CHECKPOINT.get():
             return  # under load_from_checkpoint, on_load_checkpoint builds the checkpoint's architecture
+        if self.model is None:
+            self._build_model()
+        fitting = self._trainer is not None and self._trainer.state.fn == "fit"
+        if fitting and self._teacher is not None and self._teacher.model is None:
+            self._load_teacher()
+
+    def _build_model(self) -> None:
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         tokenizer = getattr(datamodule, "tokenizer", None)
         vocab = len(tokenizer) if tokenizer is not None else None
@@ -209,12 +249,38 @@ class CausalLM(LightningModule):
                 "model.init_args.cpu_offload=true moves FSDP2 shards from an accelerator to CPU memory, but this run "
                 "trains on the CPU (trainer.accelerator=cpu), where they already are. Set cpu_offload: false."
             )
-        param_dtype, reduce_dtype = mixed_precision_policy(self.trainer.precision)
-        settings = ShardingSettings(cpu_offload=self.cpu_offload, param_dtype=param_dtype, reduce_dtype=reduce_dtype)
-        shard_model(self.model, mesh, settings)
+        shard_model(self.model, mesh, self._sharding_settings())
         if any(p.is_meta for p in self.model.parameters()):
             device = torch.device("cpu") if self.cpu_offload else self.trainer.strategy.root_device
             materialize_local_shards(self.model, device, init=getattr(init, "apply", None))
+
+    @property
+    def teacher(self) -> Teacher | None:
+        """The frozen teacher of a distilling fit (`distill`), or None; its `model` is loaded from the start of
+        `trainer.fit` to its end."""
+        return self._teacher
+
+    def _sharding_settings(self) -> ShardingSettings:
+        param_dtype, reduce_dtype = mixed_precision_policy(self.trainer.precision)
+        return ShardingSettings(cpu_offload=self.cpu_offload, param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+
+    def _load_teacher(self) -> None:
+        """Load the inspected teacher at the compute dtype: on the run's device, or sharded like the student."""
+        strategy = self.trainer.strategy
+        mesh = data_parallel_mesh(strategy)
+        shard = None
+        if mesh is not None:
+            settings = self._sharding_settings()
+
+            def shard(model: torch.nn.Module) -> None:
+                shard_model(model, mesh, settings)
+
+        dtype = compute_dtype(self.trainer.precision)
+        self._teacher.load(self.model.config.vocab_size, strategy.root_device, dtype, shard=shard)
+        rank_zero_info(
+            f"litprune: distilling from {self.distill.teacher} ({self._teacher.parameters}, {dtype}); alpha "
+            f"{self.distill.alpha}, temperature {self.distill.temperature}, top_k {self.distill.top_k}"
+        )
 
     def attach(self, result: InitResult) -> None:
         """Adopt an initialisation's model, provenance and masks (mask keys re-prefixed with `model.`)."""
@@ -245,6 +311,7 @@ class CausalLM(LightningModule):
             "accumulate_grad_batches": trainer.accumulate_grad_batches,
             "world_size": trainer.world_size,
         }
+        saved = None
         if self.resume_checkpoint is None:
             self.budget = TokenBudget(**shape)
         else:  # the checkpoint's tokens per step, or the tokens left re-planned (replan_on_resume)
@@ -259,6 +326,32 @@ class CausalLM(LightningModule):
                 "litprune sizes runs by model.init_args.max_tokens."
             )
         trainer.fit_loop.epoch_loop.max_steps = self.budget.steps
+        self._inspect_teacher(saved)
+
+    def _inspect_teacher(self, saved: dict[str, Any] | None) -> None:
+        """Check the teacher against the run before any weights load (the student's included): its tokenizer,
+        positions and (for a scratch student) vocab_size; its fingerprint and settings against a resumed checkpoint.
+        """
+        self._teacher = None
+        fingerprint = None
+        if self.distill is not None:
+            trainer = self.trainer
+            datamodule = getattr(trainer, "datamodule", None)
+            config = read_teacher_config(self.distill, datamodule)
+            # Rank 0 reads the weight files; every rank gets the same answer, so every rank raises alike.
+            own = weights_fingerprint(self.distill.teacher, config) if trainer.is_global_zero else None
+            fingerprint = trainer.strategy.broadcast(own, src=0)
+            self._teacher = Teacher(self.distill.teacher, config, fingerprint)
+            tokenizer = getattr(datamodule, "tokenizer", None)
+            if self.model is None and saved is None and self.init_strategy.needs_architecture and tokenizer is not None:
+                student_vocab = self.architecture(vocab_size=len(tokenizer)).vocab_size
+                check_teacher_vocab(self.distill.teacher, config.vocab_size, student_vocab)
+        if saved is not None:
+            check_resumed_distillation(saved.get("distillation"), self.distill, fingerprint, self.resume_checkpoint)
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit" and self._teacher is not None:
+            self._teacher.release()  # free its memory; the next fit loads it again
 
     # --------------------------------------------------------------------------------------------- training
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -281,16 +374,31 @@ class CausalLM(LightningModule):
         self.training_terms[name] = term
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._loss(batch)
+        kl = None
+        if self.distill is None:
+            loss = ce = self._loss(batch)
+        else:
+            teacher = self._teacher
+            if teacher is None:
+                raise RuntimeError("distill is set but no teacher was set up: train the module with trainer.fit.")
+            # The teacher first: its full logits are freed before the student's forward.
+            targets = teacher.targets(batch["input_ids"], self.distill.top_k, self.distill.temperature)
+            loss, ce, kl = distillation_loss(
+                self(batch["input_ids"]), targets, batch["labels"], self.distill.alpha, self.distill.temperature
+            )
         for name, term in self.training_terms.items():
             value = term.loss()
             if value is not None:
                 loss = loss + value
                 self.log(f"train/{name}", value.detach())
-        # The mean over every process (each holds the same number of tokens), not rank 0's share: one all-reduce.
-        global_loss = self.trainer.strategy.reduce(loss.detach().clone(), reduce_op="mean")
-        self.log("train/loss", global_loss, prog_bar=True)
-        self.log("train/ppl", torch.exp(global_loss.clamp(max=50)))
+        # Means over every process (each holds the same number of tokens), not rank 0's share: one all-reduce.
+        terms = [loss.detach(), ce.detach()] + ([kl.detach()] if kl is not None else [])
+        means = self.trainer.strategy.reduce(torch.stack(terms), reduce_op="mean")
+        self.log("train/loss", means[0], prog_bar=True)
+        self.log("train/ppl", torch.exp(means[1].clamp(max=50)))  # of the cross-entropy alone
+        if kl is not None:
+            self.log("train/ce", means[1])
+            self.log("train/kl", means[2])
         # Counted here, before any on_train_batch_end callback (ModelCheckpoint saves there). Every process
         # reads windows of the same shape, so the global count is exact without a collective.
         self.tokens_seen += batch["labels"].numel() * self.trainer.world_size
@@ -383,6 +491,9 @@ class CausalLM(LightningModule):
             "tokens_per_step": self.budget.tokens_per_step if self.budget else None,
             "step_shape": self.budget.record() if self.budget else None,
             "parameters": self.parameter_counts() if self.model is not None else None,
+            "distillation": (
+                distillation_record(self.distill, self._teacher, self.tokens_seen) if self.distill else None
+            ),
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -399,6 +510,7 @@ class CausalLM(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.model is None:  # load_from_checkpoint: the checkpoint's architecture, weights load next
             self.attach(init_from_checkpoint(checkpoint, source="the checkpoint given to load_from_checkpoint"))
+        self._drop_unregistered_terms(checkpoint)
         record = checkpoint.get("litprune", {})
         self.tokens_seen = int(record.get("tokens_seen", 0))
         self.init_record = dict(record.get("init") or self.init_record)
@@ -407,6 +519,25 @@ class CausalLM(LightningModule):
         if budget is not None and budget.done_tokens and budget.done_steps == checkpoint.get("global_step"):
             # Re-planned at this checkpoint: its stored schedule was sized for the old steps.
             resize_schedule_state(checkpoint, WarmupCosine(total_steps=budget.steps, **self.schedule_args))
+
+    def _drop_unregistered_terms(self, checkpoint: dict[str, Any]) -> None:
+        """Remove the parameters of training terms this module has not registered (a checkpoint written mid-way
+        through Sheared-LLaMA's pruning phase, loaded without its callback) so the model's weights still load; the
+        model is then evaluated without those terms' masks, which the warning says."""
+        state = checkpoint.get("state_dict") or {}
+        unregistered = sorted(
+            {key.split(".")[1] for key in state if key.startswith("training_terms.")} - set(self.training_terms)
+        )
+        if not unregistered:
+            return
+        for key in [k for k in state if k.startswith("training_terms.") and k.split(".")[1] in unregistered]:
+            del state[key]
+        rank_zero_warn(
+            f"The checkpoint holds the state of training term(s) {unregistered} that this run does not register "
+            "(e.g. Sheared-LLaMA masks saved during its pruning phase, loaded without the ShearedPruning callback). "
+            "Their parameters were skipped: the model's weights are used as they are, without those masks. Add the "
+            "callback to the run to resume or evaluate with them."
+        )
 
     @classmethod
     def load_from_checkpoint(

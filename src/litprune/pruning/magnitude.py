@@ -11,11 +11,19 @@ the achieved sparsity never exceeds the request.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 from torch import Tensor, nn
 
+from litprune.pruning.owl import check_group_counts, pruned_counts_mask
 from litprune.pruning.patterns import SparsityPattern, pattern_mask
 from litprune.pruning.targets import find_targets
+
+
+def magnitude_groups(shape: Sequence[int]) -> list[int]:
+    """Sizes of magnitude pruning's comparison groups of an `[out, in]` weight: the whole matrix, one group."""
+    return [int(shape[0]) * int(shape[1])]
 
 
 def magnitude_mask(weight: Tensor, ratio: float | None, pattern: SparsityPattern | str = "unstructured") -> Tensor:
@@ -35,6 +43,7 @@ def prune_magnitude(
     ratio: float | None,
     pattern: SparsityPattern | str = "unstructured",
     targets: dict[str, nn.Linear] | None = None,
+    counts: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Tensor]:
     """Magnitude-prune the target linears of `model` in place.
 
@@ -44,16 +53,27 @@ def prune_magnitude(
         pattern: `"unstructured"`, `"2:4"`, `"4:8"`, ...
         targets: module name -> linear (from `find_targets`); default: `find_targets(model)`, the 7 decoder
             linears of every layer (`DEFAULT_TARGETS`).
+        counts: module name -> `[entries to prune]` in the matrix (one group, `magnitude_groups`), for every
+            target; replaces `ratio` with exact counts (unstructured only; used by OWL's per-layer ratios).
 
     Returns:
         Module name -> bool keep-mask shaped like the weight, on the weight's device. Pruned entries are set to
         0; every other weight is untouched.
+
+    Raises:
+        ValueError: `counts` does not fit the targets.
     """
     if targets is None:
         targets = find_targets(model)
+    if counts is not None:
+        check_group_counts(counts, {name: magnitude_groups(m.weight.shape) for name, m in targets.items()})
     masks: dict[str, Tensor] = {}
     for name, module in targets.items():
-        keep = magnitude_mask(module.weight, ratio, pattern)
+        if counts is None:
+            keep = magnitude_mask(module.weight, ratio, pattern)
+        else:
+            scores = module.weight.detach().float().abs().reshape(1, -1)
+            keep = pruned_counts_mask(scores, counts[name]).reshape(module.weight.shape)
         module.weight.masked_fill_(~keep, 0)
         masks[name] = keep
     return masks

@@ -17,6 +17,15 @@ explicitly into the target config because `d'/H` no longer equals it. Either siz
 (`target={"hidden_size": 3072}`), and the solver then finds the other one; fixing both reproduces the paper's
 width target `d'=3072, F'=9216` exactly.
 
+Attention-MLP rule (FLAP, Wanda-sp): layers and the hidden size are kept; whole KV groups (each with its
+`G = H/K` query heads) and MLP neurons are removed, so `num_attention_heads = G * K'` and `head_dim` stays
+explicit. For a ratio, `K'` and `F'` are scaled by the same keep factor: for every `F'` that is a multiple of
+`mlp_multiple`, `K' = max(1, round(K * F'/F))`; candidates whose `G * K'` does not divide the hidden size are
+skipped (transformers requires it of a Llama config, even with an explicit `head_dim`); the achieved ratio
+nearest the requested one wins, ties prune less. An explicit target fixes both counts
+(`{"num_key_value_heads": 5, "intermediate_size": 6528}`, or `num_attention_heads` instead of the KV count),
+or one of them with a ratio for the other.
+
 Default multiples are "hardware friendly" but scale down for tiny models: the largest power of two not above
 `min(64, d // 8)` for the hidden size and `min(256, F // 8)` for the MLP (64 and 256 for Llama-3.1-8B, 8 and 16
 for the tiny test preset).
@@ -32,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
 from litprune.models.params import ParameterCount, count_parameters
@@ -41,10 +51,18 @@ from litprune.models.params import ParameterCount, count_parameters
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2")
 
 CONVENTIONS: tuple[str, ...] = ("non_embedding", "total")
-SHAPE_METHODS: tuple[str, ...] = ("depth", "width")
+SHAPE_METHODS: tuple[str, ...] = ("depth", "width", "attention_mlp")
 
 _WIDTH_TARGET_KEYS = ("hidden_size", "intermediate_size", "num_key_value_heads")
 _DEPTH_TARGET_KEYS = ("num_hidden_layers",)
+_ATTENTION_MLP_TARGET_KEYS = ("num_key_value_heads", "num_attention_heads", "intermediate_size")
+
+#: Target keys each kind of shape accepts.
+TARGET_KEYS: dict[str, tuple[str, ...]] = {
+    "depth": _DEPTH_TARGET_KEYS,
+    "width": _WIDTH_TARGET_KEYS,
+    "attention_mlp": _ATTENTION_MLP_TARGET_KEYS,
+}
 
 
 def check_supported_config(config: PretrainedConfig) -> None:
@@ -222,12 +240,14 @@ def solve_shape(
 
     Args:
         parent_config: Config of the parent (a Llama-layout family).
-        method: "depth" (drop layers) or "width" (shrink hidden and MLP sizes).
+        method: "depth" (drop layers), "width" (shrink hidden and MLP sizes) or "attention_mlp" (remove KV groups
+            and MLP neurons, FLAP / Wanda-sp).
         ratio: Pruned fraction of parameters under `convention`, in (0, 1); the paper uses 0.5 to 0.8.
         target: Explicit sizes instead of (or, for width, together with) a ratio. Depth:
             `{"num_hidden_layers": k}`. Width: `hidden_size` and/or `intermediate_size`; with only one of them and
             a ratio, the solver picks the other. Width also accepts `num_key_value_heads` (our extension: whole
-            KV groups are removed together with their query heads).
+            KV groups are removed together with their query heads). Attention-MLP: `num_key_value_heads` (or
+            `num_attention_heads`, a multiple of the query heads per group) and/or `intermediate_size`.
         convention: "non_embedding" (default) or "total": which parameter count the ratio refers to.
         hidden_multiple: Round the width solver's hidden size to this multiple (default: see module docstring).
         mlp_multiple: Round the width solver's MLP size to this multiple (default: see module docstring).
@@ -243,9 +263,11 @@ def solve_shape(
     check_supported_config(parent_config)
     check_convention(convention)
     if method not in SHAPE_METHODS:
-        raise ValueError(f"method={method!r} is unknown for the shape solver; use 'depth' or 'width'.")
+        raise ValueError(
+            f"method={method!r} is unknown for the shape solver; use one of {', '.join(map(repr, SHAPE_METHODS))}."
+        )
     target = dict(target or {})
-    allowed = _DEPTH_TARGET_KEYS if method == "depth" else _WIDTH_TARGET_KEYS
+    allowed = TARGET_KEYS[method]
     unknown = sorted(set(target) - set(allowed))
     if unknown:
         raise ValueError(f"target keys {unknown} do not apply to {method} pruning; allowed keys: {', '.join(allowed)}.")
@@ -256,6 +278,8 @@ def solve_shape(
         ratio = check_ratio_open(ratio)
     if method == "depth":
         return _solve_depth(parent_config, ratio, target.get("num_hidden_layers"), convention)
+    if method == "attention_mlp":
+        return _solve_attention_mlp(parent_config, ratio, target, convention, mlp_multiple)
     return _solve_width(parent_config, ratio, target, convention, hidden_multiple, mlp_multiple)
 
 
@@ -411,6 +435,100 @@ def _solve_width(parent_config, ratio, target, convention, hidden_multiple, mlp_
             f"(hidden multiple {hidden_step}, MLP multiple {mlp_multiple}). Raise the ratio or use smaller multiples."
         )
     return _plan("width", parent_config, shape_for(best_h, best_i), ratio, convention, params_parent)
+
+
+def _solve_attention_mlp(parent_config, ratio, target, convention, mlp_multiple) -> ShapePlan:
+    base = parent_shape(parent_config)
+    params_parent = count_config_parameters(parent_config)
+    d, f, heads, kv = base.hidden_size, base.intermediate_size, base.num_attention_heads, base.num_key_value_heads
+    per_group = heads // kv
+    new_kv, inter = target.get("num_key_value_heads"), target.get("intermediate_size")
+    new_heads = target.get("num_attention_heads")
+    if new_heads is not None:
+        if new_heads % per_group != 0 or not 1 <= new_heads <= heads:
+            raise ValueError(
+                f"target num_attention_heads={new_heads} cannot be reached by removing whole KV groups: the parent has "
+                f"{heads} query heads in {kv} groups of {per_group}, so keep a multiple of {per_group} between "
+                f"{per_group} and {heads}."
+            )
+        if new_kv is not None and new_kv * per_group != new_heads:
+            raise ValueError(
+                f"target num_attention_heads={new_heads} and num_key_value_heads={new_kv} disagree: whole-group "
+                f"removal keeps {per_group} query heads per KV group, so {new_kv} groups have "
+                f"{new_kv * per_group} heads."
+            )
+        new_kv = new_heads // per_group
+    if new_kv is not None and not 1 <= new_kv <= kv:
+        raise ValueError(f"target num_key_value_heads={new_kv} is out of range; the parent has {kv}, keep 1 to {kv}.")
+    if new_kv is not None and d % (new_kv * per_group) != 0:
+        fitting = [k for k in range(1, kv + 1) if d % (k * per_group) == 0]
+        raise ValueError(
+            f"target num_key_value_heads={new_kv} gives num_attention_heads={new_kv * per_group}, and transformers "
+            f"{transformers.__version__} requires a Llama config's hidden_size={d} to be a multiple of "
+            f"num_attention_heads even with an explicit head_dim={base.head_dim}, so the result could not be "
+            "saved and reloaded as a Hugging Face Llama. "
+            f"KV-group counts that fit: {fitting}."
+        )
+    if inter is not None and not 1 <= inter <= f:
+        raise ValueError(f"target intermediate_size={inter} is out of range; the parent has {f}, keep 1 to {f}.")
+    fixed_both = new_kv is not None and inter is not None
+    if fixed_both and ratio is not None:
+        raise ValueError(
+            f"Both the KV-group count ({new_kv}) and intermediate_size={inter} were given together with ratio={ratio}; "
+            "the counts alone fix the shape. Drop the ratio, or one of the counts to let the solver pick it."
+        )
+    if not fixed_both and ratio is None:
+        raise ValueError(
+            "Attention-MLP pruning needs a ratio (e.g. 0.5) or an explicit target with both num_key_value_heads and "
+            "intermediate_size (e.g. {'num_key_value_heads': 5, 'intermediate_size': 6528})."
+        )
+
+    def shape_for(k: int, i: int) -> TargetShape:
+        return _replace(base, num_key_value_heads=k, num_attention_heads=k * per_group, intermediate_size=i)
+
+    if fixed_both:
+        return _plan("attention_mlp", parent_config, shape_for(new_kv, inter), None, convention, params_parent)
+
+    mlp_multiple = mlp_multiple or default_multiple(f, 256)
+    if isinstance(mlp_multiple, bool) or not isinstance(mlp_multiple, int) or mlp_multiple < 1:
+        raise ValueError(f"mlp_multiple={mlp_multiple!r} must be a positive integer.")
+    if inter is None and mlp_multiple > f:
+        raise ValueError(f"mlp_multiple={mlp_multiple} exceeds the parent's intermediate_size={f}; use a smaller one.")
+    fits = [k for k in range(1, kv + 1) if d % (k * per_group) == 0]
+    if new_kv is None and inter is None:
+        # The same keep factor on groups and neurons.
+        candidates = {
+            (min(fits, key=lambda k, i=i: (abs(k - kv * i / f), -k)), i)
+            for i in range(mlp_multiple, f + 1, mlp_multiple)
+        }
+    elif new_kv is None:
+        candidates = {(k, inter) for k in fits}
+    else:
+        candidates = {(new_kv, i) for i in range(mlp_multiple, f + 1, mlp_multiple)}
+
+    def achieved(k: int, i: int) -> float:
+        count = count_config_parameters(shape_for(k, i).apply(parent_config))
+        return achieved_ratios(params_parent, count)[convention]
+
+    scored = sorted(candidates, reverse=True)  # largest first with strict <: a tie prunes less
+    best, best_gap = scored[0], abs(achieved(*scored[0]) - ratio)
+    for candidate in scored[1:]:
+        gap = abs(achieved(*candidate) - ratio)
+        if gap < best_gap:
+            best, best_gap = candidate, gap
+    smallest = min(candidates)
+    if abs(1.0 - ratio) < best_gap:
+        raise ValueError(
+            f"ratio={ratio} ({convention}) leaves no unit at the allowed rounding; the largest achievable ratio is "
+            f"{achieved(*smallest):.3f} (num_key_value_heads={smallest[0]}, intermediate_size={smallest[1]}). "
+            "Lower the ratio or use a smaller mlp_multiple."
+        )
+    if best == (kv, f):
+        raise ValueError(
+            f"ratio={ratio} ({convention}) is too small to remove anything at the allowed rounding (MLP multiple "
+            f"{mlp_multiple}, whole KV groups). Raise the ratio or use a smaller mlp_multiple."
+        )
+    return _plan("attention_mlp", parent_config, shape_for(*best), ratio, convention, params_parent)
 
 
 def _round_to(value: float, multiple: int) -> int:

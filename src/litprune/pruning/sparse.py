@@ -10,21 +10,42 @@ matrix, per decoder layer and overall. A YAML run describes the same call:
     pattern: "2:4"
     targets: '(?:.*\\.)?(?:q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\\.weight'   # the default
     method_kwargs: {blocksize: 128, percdamp: 0.01}
+
+Per-layer ratios (`layer_ratios`): `"uniform"` (the default) prunes every target at `ratio`, exactly the
+methods' reference rule. `"owl"` gives each decoder layer its own ratio from its share of outlier weights
+(`litprune.pruning.owl`), for unstructured patterns only; the model's pruned count is then exactly
+`round(ratio * total target weights)`, split into exact counts per comparison group of the method. It costs one
+extra calibration pass over the dense model for the outlier statistics, magnitude included (whose masks stay
+data-free), so OWL always needs `windows`:
+
+    method: wanda
+    ratio: 0.7
+    layer_ratios: owl
+    owl: {lambda: 0.08, threshold_m: 5}     # the defaults; either key may be left out
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from litprune.pruning.magnitude import prune_magnitude
+from litprune.pruning.calibration import InputNormStatistic, run_sequential
+from litprune.pruning.magnitude import magnitude_groups, prune_magnitude
+from litprune.pruning.owl import (
+    OWLSettings,
+    check_layer_ratios,
+    outlier_count,
+    owl_layer_ratios,
+    plan_pruned_counts,
+)
 from litprune.pruning.patterns import SparsityPattern, parse_pattern
-from litprune.pruning.sparsegpt import prune_sparsegpt
+from litprune.pruning.sparsegpt import prune_sparsegpt, sparsegpt_groups
 from litprune.pruning.targets import DEFAULT_TARGETS, decoder_layers, find_targets, layer_index_of
-from litprune.pruning.wanda import prune_wanda
+from litprune.pruning.wanda import prune_wanda, wanda_groups, wanda_scores
 from litprune.utils.suggest import did_you_mean
 
 METHODS = {"magnitude": prune_magnitude, "wanda": prune_wanda, "sparsegpt": prune_sparsegpt}
@@ -38,6 +59,23 @@ METHOD_KWARGS: dict[str, set[str]] = {
 CALIBRATED_METHODS = {"wanda", "sparsegpt"}
 
 
+def comparison_groups(method: str, shape: Sequence[int], method_kwargs: dict[str, Any]) -> list[int]:
+    """Sizes of the groups within which `method` ranks the entries of an `[out, in]` weight (unstructured).
+
+    Wanda: each output row; magnitude: the whole matrix; SparseGPT: each `out x blocksize` block of columns.
+    """
+    if method == "wanda":
+        return wanda_groups(shape)
+    if method == "sparsegpt":
+        return sparsegpt_groups(shape, method_kwargs.get("blocksize", 128))
+    return magnitude_groups(shape)
+
+
+def needs_windows(method: str, layer_ratios: str = "uniform") -> bool:
+    """Whether pruning with `method` under `layer_ratios` reads calibration windows (OWL always does)."""
+    return method in CALIBRATED_METHODS or layer_ratios == "owl"
+
+
 @dataclass
 class SparseResult:
     """What `prune_sparse` did.
@@ -46,8 +84,13 @@ class SparseResult:
         masks: parameter name (e.g. `"model.layers.0.self_attn.q_proj.weight"`) -> bool keep-mask shaped like
             the weight, on the weight's device (True = keep).
         record: JSON-serialisable description: `method`, `pattern`, `ratio`, `targets`, `num_targets`,
-            `method_kwargs`, `calibration` (None for magnitude) and `sparsity` (`overall`, `per_layer` by decoder
-            layer index, `per_matrix` by parameter name).
+            `method_kwargs`, `calibration` (None when no windows were read), `layer_ratios` and `sparsity`
+            (`overall`, `per_layer` by decoder layer index, `per_matrix` by parameter name). `layer_ratios` is
+            `{"rule": "uniform"}` or, for OWL, `{"rule": "owl", "lambda", "threshold_m", "outlier_share",
+            "ratio", "shrink", "pruned", "total", "total_pruned"}`: per decoder layer index (as a string) the
+            outlier share `D_l`, the rule's pruned fraction before rounding and the pruned weight count; `shrink`
+            is the factor that kept the deviations within lambda; `total` the target weights and `total_pruned`
+            `round(ratio * total)`. The per-layer entries are None at ratio 0, where nothing is computed.
     """
 
     masks: dict[str, Tensor]
@@ -104,7 +147,9 @@ def _validate(
     targets: str,
     calibration: dict[str, Any] | None,
     method_kwargs: dict[str, Any],
-) -> tuple[SparsityPattern, dict[str, nn.Linear], str | None]:
+    layer_ratios: str,
+    owl: dict[str, Any] | None,
+) -> tuple[SparsityPattern, dict[str, nn.Linear], str | None, OWLSettings | None]:
     """Check every argument of `prune_sparse`; raise one error listing all problems."""
     problems: list[str] = []
     if method not in METHODS:
@@ -121,17 +166,27 @@ def _validate(
             parsed.resolve_ratio(ratio)
         except ValueError as err:
             problems.append(str(err))
+    owl_problems, settings = check_layer_ratios(layer_ratios, owl, parsed, ratio)
+    problems.extend(owl_problems)
+    # Methods that walk the decoder layers: the calibrated ones, and any method under OWL's per-layer ratios.
+    layered = CALIBRATED_METHODS | ({method} if layer_ratios == "owl" else set())
 
     unknown = sorted(set(method_kwargs) - METHOD_KWARGS[method])
     if unknown:
         allowed = sorted(METHOD_KWARGS[method]) or "none"
         problems.append(f"Unknown option(s) {unknown} for method {method!r}; it accepts: {allowed}.")
 
-    if method in CALIBRATED_METHODS:
-        if windows is None:
+    if needs_windows(method, layer_ratios):
+        if windows is None and method in CALIBRATED_METHODS:
             problems.append(
                 f"Method {method!r} needs calibration data: pass windows=[nsamples, seqlen] token ids "
                 "(see litprune.pruning.calibration.calibration_windows), or use method='magnitude'."
+            )
+        elif windows is None:
+            problems.append(
+                "layer_ratios='owl' needs calibration data for its outlier statistics, magnitude pruning too: pass "
+                "windows=[nsamples, seqlen] token ids (see litprune.pruning.calibration.calibration_windows), or "
+                "use layer_ratios='uniform'."
             )
         else:
             problem = _check_windows(windows, model)
@@ -153,14 +208,19 @@ def _validate(
     try:
         layers_prefix, _ = decoder_layers(model)
     except ValueError as err:
-        if method in CALIBRATED_METHODS:
+        if method in layered:
             problems.append(str(err))
-    if method in CALIBRATED_METHODS and layers_prefix is not None:
+    if method in layered and layers_prefix is not None:
         outside = [name for name in selected if layer_index_of(name, layers_prefix) is None]
-        if outside:
+        if outside and method in CALIBRATED_METHODS:
             problems.append(
                 f"Method {method!r} calibrates decoder layers one by one and cannot prune {outside[:3]} outside "
                 f"'{layers_prefix}'. Narrow targets={targets!r}, or use method='magnitude' for those."
+            )
+        elif outside:
+            problems.append(
+                f"layer_ratios='owl' sets one ratio per decoder layer and cannot place {outside[:3]} outside "
+                f"'{layers_prefix}'. Narrow targets={targets!r}, or use layer_ratios='uniform'."
             )
     if parsed is not None and parsed.is_nm:
         bad = [f"{name} (in_features={m.in_features})" for name, m in selected.items() if m.in_features % parsed.m]
@@ -182,7 +242,66 @@ def _validate(
         problems.append(f"percdamp={percdamp!r} must be a non-negative fraction of the mean Hessian diagonal (0.01).")
     if problems:
         raise ValueError("prune_sparse cannot start:\n- " + "\n- ".join(problems))
-    return parsed, selected, layers_prefix
+    return parsed, selected, layers_prefix, settings
+
+
+def _outlier_shares(
+    model: nn.Module,
+    windows: Tensor,
+    selected: dict[str, nn.Linear],
+    threshold_m: float,
+    batch_size: int,
+    progress: bool | None,
+) -> tuple[dict[int, float], dict[int, int]]:
+    """OWL's calibration pass over the dense model: outlier share and target weight count per decoder layer."""
+    outliers: dict[int, int] = {}
+    sizes: dict[int, int] = {}
+
+    def count_layer(index: int, _layer: nn.Module, stats: dict[str, InputNormStatistic]) -> None:
+        for name, stat in stats.items():
+            weight = selected[name].weight
+            outliers[index] = outliers.get(index, 0) + outlier_count(wanda_scores(weight, stat.norms), threshold_m)
+            sizes[index] = sizes.get(index, 0) + weight.numel()
+
+    # count_layer prunes nothing, so every layer is calibrated on the dense model's activations.
+    run_sequential(
+        model, windows, count_layer, batch_size=batch_size, progress=progress, statistic="input_norms", targets=selected
+    )
+    return {index: outliers[index] / sizes[index] for index in sorted(sizes)}, sizes
+
+
+def _owl_plan(
+    model: nn.Module,
+    method: str,
+    ratio: float,
+    windows: Tensor,
+    selected: dict[str, nn.Linear],
+    layers_prefix: str,
+    settings: OWLSettings,
+    method_kwargs: dict[str, Any],
+    progress: bool | None,
+) -> tuple[dict[str, list[int]], dict[str, Any]]:
+    """Exact pruned counts per comparison group under OWL, and the `layer_ratios` record."""
+    batch_size = method_kwargs.get("batch_size", 1)
+    shares, sizes = _outlier_shares(model, windows, selected, settings.threshold_m, batch_size, progress)
+    ratios, shrink = owl_layer_ratios(shares, ratio, settings.lam, sizes)
+    plan = plan_pruned_counts(
+        ratio,
+        ratios,
+        {name: comparison_groups(method, m.weight.shape, method_kwargs) for name, m in selected.items()},
+        {name: layer_index_of(name, layers_prefix) for name in selected},
+    )
+    record = {
+        "rule": "owl",
+        **settings.as_record(),
+        "outlier_share": {str(i): share for i, share in shares.items()},
+        "ratio": {str(i): value for i, value in ratios.items()},
+        "shrink": shrink,
+        "pruned": {str(i): count for i, count in plan.per_layer.items()},
+        "total": plan.total,
+        "total_pruned": plan.pruned,
+    }
+    return plan.per_group, record
 
 
 def prune_sparse(
@@ -194,6 +313,8 @@ def prune_sparse(
     targets: str = DEFAULT_TARGETS,
     calibration: dict[str, Any] | None = None,
     progress: bool | None = None,
+    layer_ratios: str = "uniform",
+    owl: dict[str, Any] | None = None,
     **method_kwargs: Any,
 ) -> SparseResult:
     """Sparsify `model` in place with magnitude, Wanda or SparseGPT; shapes stay, pruned weights become 0.
@@ -210,8 +331,13 @@ def prune_sparse(
             `litprune.pruning.targets`).
         calibration: provenance to store in the record (e.g. the dict `calibration_windows` returns, plus the
             dataset name); the window shape is always recorded.
-        progress: show progress bars over the calibration (wanda, sparsegpt; True/False, None follows
+        progress: show progress bars over the calibration (wanda, sparsegpt, OWL; True/False, None follows
             `LITPRUNE_PROGRESS`, see `litprune.utils.progress`).
+        layer_ratios: `"uniform"` (every target at `ratio`) or `"owl"` (a ratio per decoder layer from its share
+            of outlier weights, the model's pruned count exactly `round(ratio * total)`; unstructured only, needs
+            `windows` for every method; see the module docstring and `litprune.pruning.owl`).
+        owl: OWL hyperparameters, only with `layer_ratios="owl"`: `lambda` (largest deviation of a layer's ratio
+            from `ratio`, 0.08) and `threshold_m` (outlier when the score exceeds this times its matrix's mean, 5).
         **method_kwargs: wanda: `batch_size` (calibration windows per forward, 1); sparsegpt: `blocksize` (128),
             `percdamp` (0.01), `batch_size` (1).
 
@@ -221,22 +347,32 @@ def prune_sparse(
     Raises:
         ValueError: any invalid argument (all problems listed in one message), raised before the model changes.
     """
-    parsed, selected, layers_prefix = _validate(
-        model, method, ratio, pattern, windows, targets, calibration, method_kwargs
+    parsed, selected, layers_prefix, settings = _validate(
+        model, method, ratio, pattern, windows, targets, calibration, method_kwargs, layer_ratios, owl
     )
     effective = parsed.ratio if parsed.is_nm else float(ratio)
+    counts = None
+    layer_record: dict[str, Any] = {"rule": "uniform"}
+    if settings is not None:
+        total = sum(m.weight.numel() for m in selected.values())
+        layer_record = {"rule": "owl", **settings.as_record(), "outlier_share": None, "ratio": None, "shrink": None}
+        layer_record.update({"pruned": None, "total": total, "total_pruned": 0})
+        if effective > 0:
+            counts, layer_record = _owl_plan(
+                model, method, effective, windows, selected, layers_prefix, settings, method_kwargs, progress
+            )
     if effective == 0:
         module_masks = {name: torch.ones_like(m.weight, dtype=torch.bool) for name, m in selected.items()}
     elif method == "magnitude":
-        module_masks = prune_magnitude(model, effective, parsed, targets=selected)
+        module_masks = prune_magnitude(model, effective, parsed, targets=selected, counts=counts)
     else:
         module_masks = METHODS[method](
-            model, windows, effective, parsed, targets=selected, progress=progress, **method_kwargs
+            model, windows, effective, parsed, targets=selected, progress=progress, counts=counts, **method_kwargs
         )
 
     masks = {f"{name}.weight": keep for name, keep in module_masks.items()}
     calibration_record = None
-    if method in CALIBRATED_METHODS:
+    if needs_windows(method, layer_ratios):
         calibration_record = {"nsamples": int(windows.shape[0]), "seqlen": int(windows.shape[1]), **(calibration or {})}
     record = {
         "method": method,
@@ -246,6 +382,7 @@ def prune_sparse(
         "num_targets": len(selected),
         "method_kwargs": dict(method_kwargs),
         "calibration": calibration_record,
+        "layer_ratios": layer_record,
         "sparsity": _sparsity_record(masks, layers_prefix),
     }
     return SparseResult(masks=masks, record=record)

@@ -18,14 +18,21 @@ Deviation from the reference, by design: at ratio 0 the reference still prunes o
 threshold test is `<=`); here an unstructured ratio of 0 selects nothing. `sparsegpt_prune_weight` then still
 runs the pass (dead columns are zeroed, everything else unchanged up to fp rounding), while `prune_sparsegpt`
 with ratio 0 is a true no-op that leaves the model bit-identical and runs no calibration.
+
+Exact counts (OWL's per-layer ratios, `litprune.pruning.owl`): given `block_counts`, block b prunes exactly
+`block_counts[b]` entries, its lowest `r` (stable sort, ties to the lower row-major index), instead of the
+reference's `<=` threshold (which prunes one more entry per block when scores are distinct).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from litprune.pruning.calibration import HessianStatistic, run_sequential
+from litprune.pruning.owl import check_group_counts, pruned_counts_mask
 from litprune.pruning.patterns import SparsityPattern, parse_pattern
 from litprune.pruning.targets import find_targets
 
@@ -34,6 +41,13 @@ def _resolve(pattern: SparsityPattern | str, ratio: float | None) -> tuple[Spars
     if isinstance(pattern, str):
         pattern = parse_pattern(pattern)
     return pattern, pattern.resolve_ratio(ratio)
+
+
+def sparsegpt_groups(shape: Sequence[int], blocksize: int = 128) -> list[int]:
+    """Sizes of SparseGPT's unstructured comparison groups of an `[out, in]` weight: each `out x blocksize` block
+    of columns (the last one narrower when `in` is not a multiple of `blocksize`), left to right."""
+    rows, columns = int(shape[0]), int(shape[1])
+    return [rows * (min(start + blocksize, columns) - start) for start in range(0, columns, blocksize)]
 
 
 def _inverse_hessian_factor(hessian: Tensor, percdamp: float) -> Tensor:
@@ -58,6 +72,7 @@ def sparsegpt_prune_weight(
     pattern: SparsityPattern | str = "unstructured",
     blocksize: int = 128,
     percdamp: float = 0.01,
+    block_counts: Sequence[int] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Prune one weight matrix with SparseGPT; a pure function (inputs are not modified).
 
@@ -68,6 +83,8 @@ def sparsegpt_prune_weight(
         pattern: `"unstructured"` (comparison group: each `rows x blocksize` block) or `"N:M"`.
         blocksize: columns per block (reference 128); a multiple of M for N:M patterns.
         percdamp: damping as a fraction of the mean Hessian diagonal (reference 0.01).
+        block_counts: exact entries to prune in each block (`sparsegpt_groups`), replacing the ratio's threshold
+            (unstructured only; see the module docstring).
 
     Returns:
         `(new_weight, keep_mask)`: the compensated weight with pruned entries exactly 0, and the bool mask
@@ -94,6 +111,10 @@ def sparsegpt_prune_weight(
             f"Pattern {pattern} needs the input dimension ({columns}) and blocksize ({blocksize}) to be "
             f"multiples of {pattern.m}."
         )
+    if block_counts is not None:
+        if pattern.is_nm:
+            raise ValueError(f"block_counts set exact counts per block; pattern {pattern} fixes N per group of M.")
+        check_group_counts({"weight": block_counts}, {"weight": sparsegpt_groups(weight.shape, blocksize)})
 
     W = weight.detach().float().clone()
     H = hessian.detach().float().clone().to(W.device)
@@ -112,7 +133,11 @@ def sparsegpt_prune_weight(
         Hinv1 = Hinv[i1:i2, i1:i2]
         d = torch.diag(Hinv1)
 
-        if pattern.is_nm or ratio == 0:
+        if block_counts is not None:
+            scores = W1**2 / d.reshape(1, -1) ** 2
+            keep1 = pruned_counts_mask(scores.reshape(1, -1), [block_counts[i1 // blocksize]])
+            mask1 = ~keep1.reshape(W1.shape)
+        elif pattern.is_nm or ratio == 0:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
         else:
             scores = W1**2 / d.reshape(1, -1) ** 2
@@ -152,6 +177,7 @@ def prune_sparsegpt(
     percdamp: float = 0.01,
     batch_size: int = 1,
     progress: bool | None = None,
+    counts: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Tensor]:
     """SparseGPT-prune the target linears of `model` in place, calibrating layer by layer.
 
@@ -167,21 +193,37 @@ def prune_sparsegpt(
         percdamp: Hessian damping, fraction of its mean diagonal (reference 0.01).
         batch_size: calibration windows per forward call.
         progress: show progress bars over the calibration (True/False; None follows `LITPRUNE_PROGRESS`).
+        counts: module name -> entries to prune in each `rows x blocksize` block (`sparsegpt_groups`), for every
+            target; replaces `ratio` with exact per-block counts (unstructured only; used by OWL's per-layer
+            ratios).
 
     Returns:
         Module name -> bool keep-mask shaped like the weight. Pruned entries are 0; survivors are compensated.
+
+    Raises:
+        ValueError: `counts` does not fit the targets' blocks.
     """
     if targets is None:
         targets = find_targets(model)
     resolved, effective = _resolve(pattern, ratio)
-    if not resolved.is_nm and effective == 0:
+    if counts is not None:
+        check_group_counts(counts, {name: sparsegpt_groups(m.weight.shape, blocksize) for name, m in targets.items()})
+    elif not resolved.is_nm and effective == 0:
         return {name: torch.ones_like(module.weight, dtype=torch.bool) for name, module in targets.items()}
     masks: dict[str, Tensor] = {}
 
     def prune_layer(_index: int, _layer: nn.Module, stats: dict[str, HessianStatistic]) -> None:
         for name, stat in stats.items():
             weight = targets[name].weight
-            new_weight, keep = sparsegpt_prune_weight(weight, stat.hessian, effective, resolved, blocksize, percdamp)
+            new_weight, keep = sparsegpt_prune_weight(
+                weight,
+                stat.hessian,
+                effective,
+                resolved,
+                blocksize,
+                percdamp,
+                block_counts=None if counts is None else counts[name],
+            )
             weight.copy_(new_weight)
             masks[name] = keep
             stat.hessian = None  # free the [in, in] buffer before the next linear's solve

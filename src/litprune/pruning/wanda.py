@@ -11,10 +11,13 @@ the already-pruned layers before it, and all linears of a layer use one statisti
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 from torch import Tensor, nn
 
 from litprune.pruning.calibration import InputNormStatistic, run_sequential
+from litprune.pruning.owl import check_group_counts, pruned_counts_mask
 from litprune.pruning.patterns import SparsityPattern, pattern_mask
 from litprune.pruning.targets import find_targets
 
@@ -22,6 +25,11 @@ from litprune.pruning.targets import find_targets
 def wanda_scores(weight: Tensor, input_norms: Tensor) -> Tensor:
     """`|W| * ||X_j||` in fp32, shaped like `weight` (`[out, in]`; `input_norms` is `[in]`)."""
     return weight.detach().float().abs() * input_norms.float().reshape(1, -1)
+
+
+def wanda_groups(shape: Sequence[int]) -> list[int]:
+    """Sizes of Wanda's comparison groups of an `[out, in]` weight: each output row, `in` entries."""
+    return [int(shape[1])] * int(shape[0])
 
 
 def wanda_mask(
@@ -47,6 +55,7 @@ def prune_wanda(
     targets: dict[str, nn.Linear] | None = None,
     batch_size: int = 1,
     progress: bool | None = None,
+    counts: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Tensor]:
     """Wanda-prune the target linears of `model` in place, calibrating layer by layer.
 
@@ -59,18 +68,28 @@ def prune_wanda(
             linears of every layer (`DEFAULT_TARGETS`).
         batch_size: calibration windows per forward call.
         progress: show progress bars over the calibration (True/False; None follows `LITPRUNE_PROGRESS`).
+        counts: module name -> entries to prune in each output row (`wanda_groups`), for every target; replaces
+            `ratio` with exact per-row counts (unstructured only; used by OWL's per-layer ratios).
 
     Returns:
         Module name -> bool keep-mask shaped like the weight. Pruned entries are set to 0, survivors unchanged.
+
+    Raises:
+        ValueError: `counts` does not fit the targets' rows.
     """
     if targets is None:
         targets = find_targets(model)
+    if counts is not None:
+        check_group_counts(counts, {name: wanda_groups(m.weight.shape) for name, m in targets.items()})
     masks: dict[str, Tensor] = {}
 
     def prune_layer(_index: int, _layer: nn.Module, stats: dict[str, InputNormStatistic]) -> None:
         for name, stat in stats.items():
             weight = targets[name].weight
-            keep = wanda_mask(weight, stat.norms, ratio, pattern)
+            if counts is None:
+                keep = wanda_mask(weight, stat.norms, ratio, pattern)
+            else:
+                keep = pruned_counts_mask(wanda_scores(weight, stat.norms), counts[name])
             weight.masked_fill_(~keep, 0)
             masks[name] = keep
 

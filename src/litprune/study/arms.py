@@ -14,10 +14,31 @@ Arms, in the paper's notation (one set per method x ratio x N):
 | `S_N` | the pruned shape, random init (`ScratchTarget`; sparse: `SparsePrune(control=...)`) | `slices.retrain` | N |
 | `S_M+N` | as `S_N`, but never a trained tensor (`long_control`) | the parent's and the retraining tokens | M + N |
 | `S_N[control]` | sparse controls (`random_same_mask`, ...) | `slices.retrain` | N |
+| `P_M-RD_N` | as `P_M-R_N`, retrained by distillation from the parent (`model.distill`) | `slices.retrain` | N |
+| `S_N-D` | as `S_N`, trained by distillation from the parent | `slices.retrain` | N |
 
 `S_N` and `P_M-R_N` of the same target share every setting but the init: same data config (so the same sample
 order), same recipe, same batch shape. Both depth methods prune to the same shape, so their `S_N` and `S_M+N` arms
-are shared (`depth-<ratio>`); sparse scratch arms keep the method's mask, so they belong to their method.
+are shared (`depth-<ratio>`), and so do the width methods (`width-<ratio>`: Minitron-width and Sheared-LLaMA);
+sparse scratch arms keep the method's mask, so they belong to their method, and so do the scratch arms of the other
+structured kinds (FLAP, Wanda-sp: `ScratchTarget(method: <method>)`, since a method may add config flags to its
+shape, such as FLAP's compensation biases). A method with an explicit `target` and no ratio names its arms after the
+target (`flap-kv5-F6528`) and records the achieved ratio (non-embedding, or its `convention`).
+
+Learned methods (`sheared`) make `P_M-R_N` a chain of two ordinary runs, in order:
+
+- `P_M-R_N[prune]` (id `<group>.P_M-R_N-prune.N<N>`): `FromPretrained` of the dense parent with the
+  `ShearedPruning` callback, `prune_tokens` tokens of `<slices.retrain>_prune_phase`;
+- `P_M-R_N` (id `<group>.P_M-R_N.N<N>`): `FromPretrained` of the pruning phase's export, N - `prune_tokens` tokens
+  of `<slices.retrain>_continued`.
+
+Iterative pruning (`stages: [0.3, 0.5]`) makes `P_M-R_N` a chain too: `P_M-R_N[stage1]`, ..., each
+`StructuredPrune` of the previous stage's export to its stage's shape, the last stage being `P_M-R_N`
+(`litprune.study.spec.stage_split` shares N between the stages).
+
+In a chain, each run depends on the one before (`depends_on`) and lists the earlier ones in `chain`, so the ledger
+counts them all toward the `P_M-R_N` arm (`litprune.study.spec.sheared_split` holds Sheared-LLaMA's token rule,
+`retrain_parts` the slice split).
 
 Repetitions: with `seeds: [...]` every arm, the parents included, runs once per seed (ids end in `.s<seed>`); with
 `lr: [...]` every compared arm runs once per learning rate (ids end in `.lr<value>`), and the report keeps, per arm,
@@ -41,11 +62,22 @@ import yaml
 
 from litprune.study.spec import (
     CALIBRATION_WINDOWS,
+    CHAIN_OPTIONS,
+    DEFAULT_PRUNE_FRACTION,
     SCORER_KEYS,
+    SHEARED_CALLBACK,
     MethodSpec,
     ParentSpec,
     StudySpec,
+    chain_slices,
+    distill_settings,
     long_slice,
+    parent_config,
+    retrain_parts,
+    sheared_split,
+    stage_shapes,
+    stage_split,
+    target_tag,
     tokens_per_step,
 )
 from litprune.utils.atomic import atomic_write_text
@@ -53,6 +85,16 @@ from litprune.utils.atomic import atomic_write_text
 CAUSAL_LM = "litprune.modules.causal_lm.CausalLM"
 DATA_MODULE = "litprune.data.datamodule.TokenDataModule"
 SPARSE_MASK = "litprune.callbacks.sparse_mask.SparseMask"
+FROM_PRETRAINED = "litprune.inits.FromPretrained"
+
+SHARED_SCRATCH_KINDS: tuple[str, ...] = ("depth", "width")
+"""Shape kinds whose scratch twin is the bare shape, so every method of the kind shares one `S_N` / `S_M+N`."""
+
+PRUNED_LABELS: tuple[str, ...] = ("P_M-R_N", "P_M-RD_N")
+"""The arms that start from the pruned parent (retrained plainly, or by distillation)."""
+
+PRUNE_STAGE = "prune"
+"""`Arm.stage` of a learned method's pruning phase (label `P_M-R_N[prune]`)."""
 
 
 @dataclass
@@ -80,6 +122,15 @@ class Arm:
         pattern: the sparse pattern (None for dense arms).
         seed: the study repetition the arm belongs to (`seeds`; None: the seeds as configured).
         lr: the swept peak learning rate it trains at (`lr`; None: `model.lr`).
+        shape: what a structured or learned arm's shape is solved from: `{ratio, target, convention}` (ratio None
+            when the explicit target alone fixes it), as `litprune.pruning.shapes.solve_shape(parent config, kind,
+            **shape)` takes them; None for parents and sparse arms.
+        stage: "prune" for the pruning phase of a learned method's chain (label `P_M-R_N[prune]`), whose tokens the
+            chain's `P_M-R_N` counts; None for an ordinary arm.
+        chain: ids of the earlier runs of this arm's chain, in order (the pruning phase of a learned method's
+            `P_M-R_N`); the ledger counts their tokens and FLOPs toward this arm.
+        distill: the `CausalLM.distill` settings of a distilled arm (`P_M-RD_N`, `S_N-D`: the teacher is the parent's
+            export); None for the others.
     """
 
     id: str
@@ -100,6 +151,10 @@ class Arm:
     pattern: str | None = None
     seed: int | None = None
     lr: float | None = None
+    shape: dict[str, Any] | None = None
+    stage: str | None = None
+    chain: list[str] = field(default_factory=list)
+    distill: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -149,9 +204,9 @@ def expand_study(spec: StudySpec) -> list[Arm]:
             for method in seeded.methods:
                 parent = seeded.parents[seeded.parent_of(method)]
                 where = (parent_arm[parent.name], parent_export[parent.name])
-                for ratio in method.ratios:
+                for ratio in method.ratio_values:
                     for n in seeded.retrain_tokens:
-                        for arm in _method_arms(seeded, method, float(ratio), n, parent, where, out, tag, lr):
+                        for arm in _method_arms(seeded, method, ratio, n, parent, where, out, tag, lr):
                             arm.seed = seed
                             target = longs if arm.label == "S_M+N" else pairs
                             if arm.id in target:
@@ -172,6 +227,11 @@ def _seeded(spec: StudySpec, seed: int | None) -> StudySpec:
     methods = [
         dataclasses.replace(m, calibration={**m.calibration, "seed": seed}) if "seed" in m.calibration else m
         for m in spec.methods
+    ]
+    # So does a learned method's mask seed.
+    methods = [
+        dataclasses.replace(m, options={**m.options, "seed": seed}) if m.learned and "seed" in m.options else m
+        for m in methods
     ]
     return dataclasses.replace(
         spec,
@@ -228,95 +288,236 @@ def _parent_arm(spec: StudySpec, parent: ParentSpec, out: Path, suffix: str) -> 
     )
 
 
-def _method_arms(spec, method: MethodSpec, ratio: float, n: int, parent: ParentSpec, where, out: Path, tag, lr):
-    """The arms of one method x ratio x N (one repetition, one learning rate); `where` = (parent arm id, export)."""
+@dataclass
+class _Run:
+    """One run `_method_arms` plans, before its fit config is written."""
+
+    label: str
+    group: str
+    init: dict[str, Any]
+    tokens: int
+    uses_parent: bool
+    train_slice: str
+    callbacks: list[dict[str, Any]] = field(default_factory=list)
+    depends_on: list[str] = field(default_factory=list)
+    stage: str | None = None
+    own_slice: dict[str, Any] | None = None
+    chain: list[str] = field(default_factory=list)
+    distill: dict[str, Any] | None = None
+    shape: dict[str, Any] | None = None
+
+
+def _arm_id(group: str, label: str, n: int, tag: str) -> str:
+    return f"{group}.{_file_label(label)}.N{n}{tag}"
+
+
+def _method_arms(spec, method: MethodSpec, ratio, n: int, parent: ParentSpec, where, out: Path, tag, lr):
+    """The arms of one method x ratio x N (one repetition, one learning rate); `where` = (parent arm id, export).
+
+    `ratio` is None when the method's `target` alone fixes the shape; the arms then carry the achieved ratio."""
     from litprune.study.spec import _parent_tokens
 
     parent_id, export = where
     m_tokens = _parent_tokens(parent)
     depends = [parent_id] if parent.trained else []
     kind = method.kind
-    if kind == "sparse":
-        pruned_group = scratch_group = f"{method.method}-{_pattern_tag(method.pattern)}-{ratio:g}"
+    name = _target_name(method, ratio)
+    if method.stages:
+        # An iterative prune reaches the same final shape as the one-shot prune at its last ratio (same scratch
+        # twins) but is another pruned arm.
+        pruned_group = f"{method.method}-{'-'.join(f'{r:g}' for r in method.stages)}"
+        scratch_group = f"{kind}-{name}" if kind in SHARED_SCRATCH_KINDS else f"{method.method}-{name}"
+    elif kind == "sparse":
+        pruned_group = scratch_group = f"{method.method}-{_pattern_tag(method.pattern)}-{name}"
+    elif kind in SHARED_SCRATCH_KINDS:
+        pruned_group, scratch_group = f"{method.method}-{name}", f"{kind}-{name}"
     else:
-        pruned_group, scratch_group = f"{method.method}-{ratio:g}", f"{kind}-{ratio:g}"
+        pruned_group = scratch_group = f"{method.method}-{name}"
     common = {
         "kind": kind,
-        "ratio": ratio,
+        "ratio": ratio if ratio is not None else _achieved_ratio(spec, parent, method),
         "parent": parent_id,
         "retrain_tokens": n,
         "parent_tokens": m_tokens,
-        "depends_on": depends,
         "pattern": method.pattern if kind == "sparse" else None,
+        "shape": None
+        if kind == "sparse"
+        else {
+            "ratio": ratio,
+            "target": dict(method.target) if method.target else None,
+            "convention": method.convention,
+        },
     }
-    wanted = []
-    if "P_M-R_N" in spec.arms:
-        wanted.append(
-            ("P_M-R_N", pruned_group, _pruned_init(spec, method, ratio, export), n, True, spec.slices.retrain)
-        )
-    if "S_N" in spec.arms:
-        wanted.append(
-            (
-                "S_N",
-                scratch_group,
-                _scratch_init(spec, method, ratio, export, method.scratch),
-                n,
-                kind == "sparse" and method.scratch == "reinit",
-                spec.slices.retrain,
+    scratch_callbacks = [_sparse_mask_callback()] if kind == "sparse" else []
+    runs: list[_Run] = []
+    # The distilled arms learn from the parent's export, the teacher, with the study's distill settings.
+    teacher = {"teacher": export, **distill_settings(spec)}
+    for label, distill in (("P_M-R_N", None), ("P_M-RD_N", teacher)):
+        if label not in spec.arms:
+            continue
+        if method.learned:
+            runs += _chain_runs(spec, method, ratio, n, export, pruned_group, tag, depends, out, label, distill)
+        elif method.stages:
+            runs += _stage_runs(spec, method, parent, n, export, pruned_group, tag, depends, out, label, distill)
+        else:
+            init = _pruned_init(spec, method, ratio, export)
+            retrain = spec.slices.retrain
+            runs.append(_Run(label, pruned_group, init, n, True, retrain, scratch_callbacks, depends, distill=distill))
+    reinit = kind == "sparse" and method.scratch == "reinit"
+    for label, distill in (("S_N", None), ("S_N-D", teacher)):
+        if label in spec.arms:
+            init = _scratch_init(spec, method, ratio, export, method.scratch)
+            retrain = spec.slices.retrain
+            runs.append(
+                _Run(label, scratch_group, init, n, reinit, retrain, scratch_callbacks, depends, distill=distill)
             )
-        )
     if kind == "sparse":
         for control in method.controls:
-            wanted.append(
-                (
-                    f"S_N[{control}]",
-                    scratch_group,
-                    _scratch_init(spec, method, ratio, export, control),
-                    n,
-                    control == "reinit",
-                    spec.slices.retrain,
-                )
-            )
+            init = _scratch_init(spec, method, ratio, export, control)
+            reinit = control == "reinit"
+            label = f"S_N[{control}]"
+            runs.append(_Run(label, scratch_group, init, n, reinit, spec.slices.retrain, scratch_callbacks, depends))
     if "S_M+N" in spec.arms and m_tokens:
-        name, _ = long_slice(spec)
-        wanted.append(
-            (
-                "S_M+N",
-                scratch_group,
-                _scratch_init(spec, method, ratio, export, long_control(method)),
-                m_tokens + n,
-                False,
-                name,
-            )
-        )
-    for label, group, init, tokens, uses_parent, train_slice in wanted:
-        arm_id = f"{group}.{_file_label(label)}.N{n}{tag}"
-        model = {**spec.model, "arm": label, "preset": None, "max_tokens": tokens, "init": init}
+        long_name, _ = long_slice(spec)
+        init = _scratch_init(spec, method, ratio, export, long_control(method))
+        runs.append(_Run("S_M+N", scratch_group, init, m_tokens + n, False, long_name, scratch_callbacks, depends))
+    for run in runs:
+        arm_id = _arm_id(run.group, run.label, n, tag)
+        model = {**spec.model, "arm": run.label, "preset": None, "max_tokens": run.tokens, "init": run.init}
         if lr is not None:
             model["lr"] = lr
-        if label == "S_M+N":
-            name, slice_spec = long_slice(spec)
+        if run.distill is not None:
+            model["distill"] = dict(run.distill)
+        if run.own_slice is not None:
+            # A run of a chain reads its own part of the retraining slice (and validates as every arm does).
+            # A stage of an iterative prune also reads calibration windows of the calibration slice.
+            keep = [spec.slices.calibration] if "calibration" in run.init["init_args"] else []
+            data = _data(spec, train=run.train_slice, keep=keep, extra_slices={run.train_slice: run.own_slice})
+        elif run.label == "S_M+N":
+            long_name, slice_spec = long_slice(spec)
             # Sparse scratch arms calibrate (to draw the method's mask) on the calibration slice, which must then
             # lie outside the joined slice (checked by the study).
-            keep = [name, spec.slices.calibration] if kind == "sparse" else [name]
-            data = _data(spec, train=name, keep=keep, extra_slices={name: slice_spec} if slice_spec else None)
+            keep = [long_name, spec.slices.calibration] if kind == "sparse" else [long_name]
+            extra = {long_name: slice_spec} if slice_spec else None
+            data = _data(spec, train=long_name, keep=keep, extra_slices=extra)
         else:
-            data = _data(spec, train=train_slice, keep=[spec.slices.retrain, spec.slices.calibration])
-        callbacks = [_sparse_mask_callback()] if kind == "sparse" else []
-        config = _fit_config(spec, arm_id, out, model, data, tokens, callbacks=callbacks)
+            data = _data(spec, train=run.train_slice, keep=[spec.slices.retrain, spec.slices.calibration])
+        config = _fit_config(spec, arm_id, out, model, data, run.tokens, callbacks=run.callbacks)
+        arm_common = copy.deepcopy(common)
+        if run.shape is not None:
+            arm_common["shape"] = dict(run.shape)
         yield Arm(
             id=arm_id,
-            label=label,
-            group=group,
+            label=run.label,
+            group=run.group,
             methods=[method.method],
-            train_tokens=tokens,
-            uses_parent_weights=uses_parent,
+            train_tokens=run.tokens,
+            uses_parent_weights=run.uses_parent,
+            depends_on=list(run.depends_on),
             config=config,
             config_path=out / "configs" / f"{arm_id}.yaml",
             run_dir=out / "runs" / arm_id,
             lr=lr,
-            **copy.deepcopy(common),
+            stage=run.stage,
+            chain=list(run.chain),
+            distill=copy.deepcopy(run.distill),
+            **arm_common,
         )
+
+
+def _chain_runs(spec, method: MethodSpec, ratio, n: int, export, group, tag, depends, out: Path, label, distill):
+    """A learned method's `P_M-R_N` (or, with `distill`, `P_M-RD_N`, distilled in both runs): the pruning phase (masks
+    learned from the dense parent, `ShearedPruning`), then continued pretraining of its export, on disjoint parts of
+    the retraining slice, N tokens in all."""
+    step = tokens_per_step(spec)
+    fraction = method.options.get("prune_fraction", DEFAULT_PRUNE_FRACTION)
+    prune_tokens, continued_tokens = sheared_split(n, step, fraction)
+    (prune_slice, prune_range), (continued_slice, continued_range) = chain_slices(spec, prune_tokens, n)
+    callback = {
+        "class_path": SHEARED_CALLBACK,
+        "init_args": {
+            "ratio": ratio,
+            "target": dict(method.target) if method.target else None,
+            "convention": method.convention,
+            "seed": spec.seed_everything,
+            **{k: v for k, v in method.options.items() if k not in CHAIN_OPTIONS},
+        },
+    }
+    stage_label = f"{label}[{PRUNE_STAGE}]"
+    prune_id = _arm_id(group, stage_label, n, tag)
+    prune = _Run(
+        stage_label,
+        group,
+        {"class_path": FROM_PRETRAINED, "init_args": {"path": export}},
+        prune_tokens,
+        True,
+        prune_slice,
+        [callback],
+        depends,
+        stage=PRUNE_STAGE,
+        own_slice=prune_range,
+        distill=distill,
+    )
+    continued = _Run(
+        label,
+        group,
+        {"class_path": FROM_PRETRAINED, "init_args": {"path": str(out / "runs" / prune_id / "export")}},
+        continued_tokens,
+        True,
+        continued_slice,
+        depends_on=[prune_id],
+        own_slice=continued_range,
+        chain=[prune_id],
+        distill=distill,
+    )
+    return [prune, continued]
+
+
+def _stage_runs(
+    spec, method: MethodSpec, parent: ParentSpec, n: int, export, group, tag, depends, out: Path, label, distill
+):
+    """An iterative prune's `P_M-R_N` (or `P_M-RD_N`): stage k prunes the previous stage's export (the parent's for
+    the first) to the shape of `stages[k]` (a full `target` for `StructuredPrune`), then retrains on its share of N
+    (`stage_split`) and its own part of the retraining slice; the last stage is the arm."""
+    step = tokens_per_step(spec)
+    shapes = stage_shapes(parent_config(spec, parent), method)
+    tokens = stage_split(n, step, len(shapes))
+    parts = retrain_parts(spec, tokens, [f"stage{k + 1}" for k in range(len(shapes))])
+    runs: list[_Run] = []
+    source, after, earlier = export, list(depends), []
+    for k, (shape, count, (slice_name, part)) in enumerate(zip(shapes, tokens, parts, strict=True)):
+        last = k == len(shapes) - 1
+        init = _pruned_init(spec, method, None, source)
+        init["init_args"]["target"] = dict(shape)
+        stage_label = label if last else f"{label}[stage{k + 1}]"
+        run = _Run(stage_label, group, init, count, True, slice_name, [], after, own_slice=part, distill=distill)
+        run.stage = None if last else f"stage{k + 1}"
+        run.chain = list(earlier)
+        run.shape = {"ratio": None, "target": dict(shape), "convention": method.convention}
+        runs.append(run)
+        run_id = _arm_id(group, stage_label, n, tag)
+        source, after = str(out / "runs" / run_id / "export"), [run_id]
+        earlier.append(run_id)
+    return runs
+
+
+def _target_name(method: MethodSpec, ratio: float | None) -> str:
+    """The part of an arm id that names its target: the ratio (`0.5`), the explicit target (`kv5-F6528`) or both."""
+    parts = [target_tag(method.target)] if method.target else []
+    if ratio is not None:
+        parts.append(f"{ratio:g}")
+    return "-".join(parts)
+
+
+def _achieved_ratio(spec: StudySpec, parent: ParentSpec, method: MethodSpec) -> float | None:
+    """The pruned fraction (under the method's convention) of an explicit target on the parent's shape."""
+    from litprune.pruning.shapes import solve_shape
+
+    config = parent_config(spec, parent)
+    if config is None:
+        return None
+    plan = solve_shape(config, method.kind, target=method.target, convention=method.convention)
+    return round(float(plan.achieved[method.convention]), 4)
 
 
 def long_control(method: MethodSpec) -> str:
@@ -350,18 +551,11 @@ def _pruned_init(spec: StudySpec, method: MethodSpec, ratio: float, export: str)
                 "method_kwargs": dict(method.options),
             },
         }
-    return {
-        "class_path": "litprune.inits.StructuredPrune",
-        "init_args": {
-            "parent": export,
-            "method": method.method,
-            "ratio": ratio,
-            "convention": method.convention,
-            "calibration": calibration,
-            **method.options,
-            **scorer,
-        },
-    }
+    args: dict[str, Any] = {"parent": export, "method": method.method, "ratio": ratio}
+    if method.target:
+        args["target"] = dict(method.target)
+    args.update({"convention": method.convention, "calibration": calibration, **method.options, **scorer})
+    return {"class_path": "litprune.inits.StructuredPrune", "init_args": args}
 
 
 def _scratch_init(spec: StudySpec, method: MethodSpec, ratio: float, export: str, control: str) -> dict[str, Any]:
@@ -371,17 +565,18 @@ def _scratch_init(spec: StudySpec, method: MethodSpec, ratio: float, export: str
         init = _pruned_init(spec, method, ratio, export)
         init["init_args"].update({"control": control, "control_seed": seed})
         return init
-    return {
-        "class_path": "litprune.inits.ScratchTarget",
-        "init_args": {
-            "parent": export,
-            "method": method.kind,
-            "ratio": ratio,
-            "convention": method.convention,
-            "seed": seed,
-            "scheme": spec.scratch_init.get("scheme", "normal"),
-        },
+    args: dict[str, Any] = {
+        "parent": export,
+        # The shared kinds' twin is the bare shape; another kind's may carry its method's config flags.
+        "method": method.kind if method.kind in SHARED_SCRATCH_KINDS else method.method,
+        "ratio": ratio,
+        "convention": method.convention,
+        "seed": seed,
+        "scheme": spec.scratch_init.get("scheme", "normal"),
     }
+    if method.target:
+        args["target"] = dict(method.target)
+    return {"class_path": "litprune.inits.ScratchTarget", "init_args": args}
 
 
 def _sparse_mask_callback() -> dict[str, Any]:

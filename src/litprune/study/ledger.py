@@ -9,12 +9,24 @@ Phases of an arm's lineage (exact token counts, with the paper's nominal label b
 - `calibration`: tokens the pruning method read in forward passes of the parent (`init_tokens.calibration`);
 - `train`: tokens of the arm's own run (`tokens_seen` of its `results.json`).
 
+Distilled arms (`P_M-RD_N`, `S_N-D`): the training tokens stay N; the teacher's forward FLOPs (`2 x` the parent's
+non-embedding parameters `x` the training tokens) are added as a phase of their own (`flops["teacher"]`), and the
+arm is labelled as inheriting from the parent (`inherits`: "..., parent as teacher"; a scratch arm's total is marked
+`(+M inherited)`, since it learns from a model trained on M tokens that its total does not count).
+
 Each entry also holds the token ranges the arm read (`litprune.study.records.TokenRange`): its training slice
 (`train`: slice, split, `[start, end)` in the split, tokens, epochs, from the data module's record) and, when its
 init calibrates, the calibration slice (`calibration`, from the calibration provenance).
 
 `total = pretrain + train` is the paper's total budget (calibration is listed apart: it is forward-only and
 drawn from the parent's data).
+
+Chains (a learned method's `P_M-R_N`, e.g. Sheared-LLaMA: a pruning phase, then continued pretraining of its
+export): the pruning phase's tokens are retraining-side training tokens of the pruned arm, so the `P_M-R_N` entry's
+`train` is the sum over the chain's runs (pruning phase + continued pretraining = N) and its training FLOPs are
+`6 x parent non-embedding params x pruning tokens` (the dense parent runs, masked, in the pruning phase) plus
+`6 x the small model's non-embedding params x continued tokens`. The pruning phase also has an entry of its own
+(`P_M-R_N[prune]`), listed for its token range; its tokens are already in the chain's row.
 
 FLOPs convention (stated in every report): `6 x P x T` for training (forward + backward) and `2 x P x T` for a
 forward-only calibration pass, with P the *non-embedding* parameters of the model that ran (the parent for
@@ -26,8 +38,10 @@ Checks, for every compared pair (method x ratio x N):
 `S_N.train == N`, `P_M-R_N.train == N`, `S_N.train == P_M-R_N.train` (equal training tokens),
 `S_M+N.train == M + N` and `S_M+N.train == P_M.train + P_M-R_N.train` (equal total tokens); and, by token ranges
 (same split and intersecting `[start, end)` = overlap), `P_M.train` disjoint from `P_M-R_N.train` and from
-`S_N.train`, and `P_M-R_N.calibration` disjoint from `P_M.train` and from `P_M-R_N.train`. The parent's range is
-checked when the study trained the parent (a parent from disk has no recorded range).
+`S_N.train`, and `P_M-R_N.calibration` disjoint from `P_M.train` and from `P_M-R_N.train`; for a chain also
+`P_M-R_N[prune].train` (or `[stage<k>]`) disjoint from `P_M.train` and from `P_M-R_N.train` (the chain never reads
+a token twice), and a stage's calibration disjoint from both.
+The parent's range is checked when the study trained the parent (a parent from disk has no recorded range).
 
 Statuses: `ok` (measured from finished runs), `FAILED`, `not measured` (a finished run's record lacks the value or
 range: a failure, since nothing was proved), `pending` (an arm has not finished) and, in a dry run, `planned`
@@ -40,7 +54,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from litprune.eval.task_scorer import is_task_scorer
-from litprune.study.arms import Arm
+from litprune.study.arms import PRUNE_STAGE, PRUNED_LABELS, Arm
 from litprune.study.records import TokenRange, calibration_range, declared_range, run_result, train_range
 from litprune.study.spec import StudySpec
 from litprune.training.budget import paper_token_label
@@ -48,7 +62,17 @@ from litprune.training.budget import paper_token_label
 FLOPS_CONVENTION = (
     "FLOPs = 6 x non-embedding parameters x training tokens (forward + backward) + 2 x non-embedding parameters "
     "of the parent x calibration tokens (forward only), as in Kaplan et al. (2020); attention-score and "
-    "embedding/output-head FLOPs are not counted; sparse models are counted dense."
+    "embedding/output-head FLOPs are not counted; sparse models are counted dense. A learned method's pruning "
+    "phase (Sheared-LLaMA) trains the dense parent under masks: its tokens count as the pruned arm's training "
+    "tokens, at 6 x the parent's non-embedding parameters. A distilled arm (P_M-RD_N, S_N-D) adds its teacher's "
+    "forward passes: 2 x the teacher's (the parent's) non-embedding parameters x the arm's training tokens; its "
+    "training tokens stay N."
+)
+
+CHAIN_NOTE = (
+    "`P_M-R_N[...]` rows are earlier runs of a chain: the pruning phase of a learned method (`[prune]`) or the stages "
+    "of an iterative prune (`[stage<k>]`); each counts the runs up to it, and the chain's `P_M-R_N` row counts them "
+    "all: its train tokens are the sum over the chain (= N), its calibration the sum over the stages."
 )
 
 NOT_MEASURED = "not measured"
@@ -59,7 +83,8 @@ INHERITED_MARK = " (+M inherited)"
 
 INHERITED_NOTE = (
     f"`{INHERITED_MARK.strip()}`: the arm starts from tensors the parent trained on its M tokens (embeddings and "
-    "norm gains, the paper's sparse `reinit` control), which its total does not count; it is not a from-scratch arm "
+    "norm gains, the paper's sparse `reinit` control) or learns from the parent's outputs (a distilled scratch arm, "
+    "`S_N-D`, whose teacher was trained on M tokens), which its total does not count; it is not a from-scratch arm "
     "at equal total tokens."
 )
 
@@ -84,12 +109,16 @@ class LedgerEntry:
             "shape" or "nothing").
         params_non_embedding: non-embedding parameters of the arm's model (None when unknown).
         parent_params_non_embedding: the same for its parent.
-        flops: per phase (`pretrain`, `calibration`, `train`) and `total`, None where a parameter count is unknown.
+        flops: per phase (`pretrain`, `calibration`, `train`, and `teacher` for a distilled arm) and `total`, None
+            where a parameter count is unknown.
         measured: True when the token counts come from the finished run's `results.json`, False when planned.
         ranges: the token ranges read, by role (`train`, and `calibration` when the init calibrates): measured from
             a finished run, else planned from the arm's config.
         not_measured: what a finished run's record lacks (`train`, `pretrain`, `calibration`, `train range`,
             `calibration range`); each fails the checks that use it.
+        chain: ids of the earlier runs whose tokens and FLOPs this entry includes (a learned method's pruning
+            phase); empty for an ordinary arm.
+        stage: "prune" for the pruning phase of a chain (counted again in the chain's `P_M-R_N` entry), else None.
     """
 
     arm: str
@@ -107,6 +136,8 @@ class LedgerEntry:
     measured: bool = False
     ranges: dict[str, TokenRange] = field(default_factory=dict)
     not_measured: list[str] = field(default_factory=list)
+    chain: list[str] = field(default_factory=list)
+    stage: str | None = None
 
     @property
     def labels(self) -> dict[str, str]:
@@ -121,7 +152,7 @@ class LedgerEntry:
     def uncounted_inheritance(self) -> bool:
         """The arm starts from trained tensors of the parent (its embeddings and norm gains) but counts none of the
         parent's M tokens: its total is marked in every table, and sentences comparing totals say so."""
-        return "embeddings" in self.inherits and not self.pretrain_tokens
+        return ("embeddings" in self.inherits or "teacher" in self.inherits) and not self.pretrain_tokens
 
     def ranges_text(self) -> str:
         """The ranges read, e.g. `train retrain: train[131,072, 262,144) x 0.02 epochs`."""
@@ -200,6 +231,8 @@ class Ledger:
             )
         if any(e.uncounted_inheritance for e in self.entries):
             lines += ["", INHERITED_NOTE]
+        if any(e.stage is not None for e in self.entries):
+            lines += ["", CHAIN_NOTE]
         lines += ["", "| pair | check | left | right | status |", "|---|---|---|---|---|"]
         for c in self.checks:
             lines.append(f"| {c.pair} | `{c.check}` | {_n(c.left)} | {_n(c.right)} | {c.status} |")
@@ -230,36 +263,62 @@ def _entry(arm: Arm, results, by_id, planned_params, spec: StudySpec) -> LedgerE
     parent_result = results.get(parent_arm.id) if parent_arm is not None else None
     parent_run = (parent_result or {}).get("run") or {}
     missing: list[str] = []
+    params = ((run.get("parameters") or {}).get("non_embedding")) or planned_params.get(arm.id)
+    parent_params = ((parent_run.get("parameters") or {}).get("non_embedding")) or planned_params.get(arm.parent)
+    if arm.is_parent:
+        parent_params = params
+    if arm.stage == PRUNE_STAGE:
+        params = parent_params  # the pruning phase trains the dense parent under masks
     # A finished run's own record is the only source of a measured value: what it lacks is "not measured",
-    # never the plan's number.
-    train = _measured(run, "tokens_seen", "train", missing) if finished else arm.train_tokens
+    # never the plan's number. A chain's runs are measured once its last run has finished.
+    phases = [*(by_id[i] for i in arm.chain if i in by_id), arm]
+
+    def size(phase: Arm) -> int | None:
+        """Non-embedding parameters of the model a run trains (a pruning phase: the dense parent)."""
+        if phase.stage == PRUNE_STAGE:
+            return parent_params
+        if phase is arm:
+            return params
+        record = (results.get(phase.id) or {}).get("run") or {}
+        return ((record.get("parameters") or {}).get("non_embedding")) or planned_params.get(phase.id)
+
+    train, train_flops = _train_phases(arm, phases, results, finished, size, missing)
     planned_calibration = 0 if arm.is_parent else _planned_calibration(arm, _init_args(arm))
     pretrain: int | None = 0
     calibration: int | None = 0
+    calibration_flops: float | None = 0.0
     if not arm.is_parent:
-        if finished and planned_calibration:
-            calibration = _measured(run.get("init_tokens") or {}, "calibration", "calibration", missing)
-        elif finished:
-            calibration = int((run.get("init_tokens") or {}).get("calibration", 0))
-        else:
-            calibration = planned_calibration
-        if arm.label == "P_M-R_N":
+        # Each run of a chain that prunes calibrates on the model it prunes: the parent, then the previous run's.
+        for i, phase in enumerate(phases):
+            planned = _planned_calibration(phase, _init_args(phase))
+            record = (results.get(phase.id) or {}).get("run") or {}
+            if finished and planned:
+                count = _measured(record.get("init_tokens") or {}, "calibration", "calibration", missing)
+            elif finished:
+                count = int((record.get("init_tokens") or {}).get("calibration", 0))
+            else:
+                count = planned
+            phase_flops = _flops(2.0, parent_params if i == 0 else size(phases[i - 1]), count)
+            calibration = None if calibration is None or count is None else calibration + count
+            calibration_flops = (
+                None if calibration_flops is None or phase_flops is None else calibration_flops + phase_flops
+            )
+        if starts_from_parent_weights(arm):
             if parent_result is not None:
                 pretrain = _measured(parent_run, "tokens_seen", "pretrain", missing)
             else:
                 pretrain = arm.parent_tokens or 0
     ranges = _ranges(arm, result, planned_calibration, missing)
-    params = ((run.get("parameters") or {}).get("non_embedding")) or planned_params.get(arm.id)
-    parent_params = ((parent_run.get("parameters") or {}).get("non_embedding")) or planned_params.get(arm.parent)
-    if arm.is_parent:
-        parent_params = params
     flops: dict[str, float | None] = {
         "pretrain": _flops(6.0, parent_params, pretrain),
-        "calibration": _flops(2.0, parent_params, calibration),
-        "train": _flops(6.0, params, train),
+        "calibration": calibration_flops,
+        "train": train_flops,
     }
+    if arm.distill is not None:
+        # The teacher (the parent) runs forward on every training token of the arm.
+        flops["teacher"] = _flops(2.0, _teacher_params(run, parent_params) if finished else parent_params, train)
     known = [v for v in flops.values() if v is not None]
-    flops["total"] = sum(known) if len(known) == 3 else None
+    flops["total"] = sum(known) if len(known) == len(flops) else None
     return LedgerEntry(
         arm=arm.id,
         label=arm.label,
@@ -275,8 +334,43 @@ def _entry(arm: Arm, results, by_id, planned_params, spec: StudySpec) -> LedgerE
         flops=flops,
         measured=finished,
         ranges=ranges,
-        not_measured=missing,
+        not_measured=list(dict.fromkeys(missing)),
+        chain=list(arm.chain),
+        stage=arm.stage,
     )
+
+
+def _teacher_params(run: dict[str, Any], parent_params: int | None) -> int | None:
+    """The teacher's non-embedding parameters as the finished run recorded them (`distillation.teacher_parameters`),
+    else the parent's."""
+    recorded = ((run.get("distillation") or {}).get("teacher_parameters") or {}).get("non_embedding")
+    return int(recorded) if recorded else parent_params
+
+
+def starts_from_parent_weights(arm: Arm) -> bool:
+    """Whether the arm's training starts from the parent's trained weights, so the parent's M tokens count in its
+    total: the pruned arms and a chain's pruning phase (not the sparse `reinit` control, which keeps only the
+    parent's embeddings and norm gains)."""
+    return not arm.is_parent and arm.label.startswith("P_M-R")
+
+
+def _train_phases(arm: Arm, phases: list[Arm], results, finished: bool, size, missing) -> tuple:
+    """`(train tokens, train FLOPs)` of an arm, summed over the runs of its chain, each at its model's `size`."""
+    if len(arm.chain) != len(phases) - 1:
+        missing.append("train")  # a run of the chain is not in the study
+        return None, None
+    tokens: int | None = 0
+    flops: float | None = 0.0
+    for phase in phases:
+        if finished:
+            record = (results.get(phase.id) or {}).get("run") or {}
+            count = _measured(record, "tokens_seen", "train", missing)
+        else:
+            count = phase.train_tokens
+        tokens = None if tokens is None or count is None else tokens + count
+        phase_flops = _flops(6.0, size(phase), count)
+        flops = None if flops is None or phase_flops is None else flops + phase_flops
+    return tokens, flops
 
 
 def _measured(record: dict[str, Any], key: str, what: str, missing: list[str]) -> int | None:
@@ -340,19 +434,22 @@ def _planned_calibration(arm: Arm, init: dict[str, Any]) -> int:
 def _inherits(arm: Arm) -> str:
     if arm.is_parent:
         return "nothing"
-    if arm.label == "P_M-R_N":
-        return "weights"
+    teacher = ", parent as teacher" if arm.distill is not None else ""
+    if starts_from_parent_weights(arm):
+        return "weights" + teacher
     if arm.kind != "sparse":
-        return "shape"
+        return "shape" + teacher
     control = arm.config["model"]["init_args"]["init"]["init_args"].get("control")
-    return "mask, embeddings, norms" if control == "reinit" else "mask"
+    return ("mask, embeddings, norms" if control == "reinit" else "mask") + teacher
 
 
 def _checks(arms: list[Arm], entries: dict[str, LedgerEntry], measured: bool) -> list[BudgetCheck]:
     checks: list[BudgetCheck] = []
     parents = {a.id: a for a in arms if a.is_parent}
-    for pruned in (a for a in arms if a.label == "P_M-R_N"):
+    by_id = {a.id: a for a in arms}
+    for pruned in (a for a in arms if a.label in PRUNED_LABELS):
         n = pruned.retrain_tokens
+        ref = pruned.label
         pair = f"{pruned.group} N={n:,}"
         partners = [
             a
@@ -366,8 +463,11 @@ def _checks(arms: list[Arm], entries: dict[str, LedgerEntry], measured: bool) ->
             and a.lr == pruned.lr
             and a.seed == pruned.seed
         ]
-        scratch = next((a for a in partners if a.label == "S_N"), None)
+        scratch = [a for a in partners if a.label in ("S_N", "S_N-D")]
         long = next((a for a in partners if a.label == "S_M+N"), None)
+        undistilled = next((a for a in partners if a.label == "P_M-R_N"), None) if ref != "P_M-R_N" else None
+        # With both pruned arms in the study, the identities of the arms they share are checked once, with P_M-R_N.
+        shared = undistilled is not None
         parent = parents.get(pruned.parent)
 
         def status(involved: list[tuple[Arm | None, str]], differ: bool | None) -> str:
@@ -400,19 +500,29 @@ def _checks(arms: list[Arm], entries: dict[str, LedgerEntry], measured: bool) ->
             checks.append(BudgetCheck(pair, f"{name_a} disjoint from {name_b}", left, right, status(involved, differ)))
 
         pr_train = entries[pruned.id].train_tokens
-        add("P_M-R_N.train == N", pr_train, n, [(pruned, "train")])
-        if scratch is not None:
-            s_train = entries[scratch.id].train_tokens
-            add("S_N.train == N", s_train, n, [(scratch, "train")])
-            add("S_N.train == P_M-R_N.train", s_train, pr_train, [(scratch, "train"), (pruned, "train")])
+        add(f"{ref}.train == N", pr_train, n, [(pruned, "train")])
+        for other in scratch:
+            s_train = entries[other.id].train_tokens
+            if not shared:
+                add(f"{other.label}.train == N", s_train, n, [(other, "train")])
+            add(f"{other.label}.train == {ref}.train", s_train, pr_train, [(other, "train"), (pruned, "train")])
+        if undistilled is not None:
+            u_train = entries[undistilled.id].train_tokens
+            add(f"{ref}.train == P_M-R_N.train", pr_train, u_train, [(pruned, "train"), (undistilled, "train")])
         if long is not None:
             # M as the study defines it, then as the parent's run actually consumed it.
             declared_m = pruned.parent_tokens
             m_tokens = entries[parent.id].train_tokens if parent is not None else declared_m
             long_train = entries[long.id].train_tokens
-            add("S_M+N.train == M + N", long_train, None if declared_m is None else declared_m + n, [(long, "train")])
+            if not shared:
+                add(
+                    "S_M+N.train == M + N",
+                    long_train,
+                    None if declared_m is None else declared_m + n,
+                    [(long, "train")],
+                )
             add(
-                "S_M+N.train == P_M.train + P_M-R_N.train",
+                f"S_M+N.train == P_M.train + {ref}.train",
                 long_train,
                 None if m_tokens is None or pr_train is None else m_tokens + pr_train,
                 [(long, "train"), (parent, "train"), (pruned, "train")],
@@ -421,13 +531,24 @@ def _checks(arms: list[Arm], entries: dict[str, LedgerEntry], measured: bool) ->
         # and calibration never reads the tokens the pruned model retrains on.
         calibrates = _calibrates(entries[pruned.id])
         if parent is not None:
-            add_disjoint(("P_M.train", parent, "train"), ("P_M-R_N.train", pruned, "train"))
-            if scratch is not None:
-                add_disjoint(("P_M.train", parent, "train"), ("S_N.train", scratch, "train"))
+            add_disjoint(("P_M.train", parent, "train"), (f"{ref}.train", pruned, "train"))
+            for other in [] if shared else scratch:
+                add_disjoint(("P_M.train", parent, "train"), (f"{other.label}.train", other, "train"))
             if calibrates:
-                add_disjoint(("P_M-R_N.calibration", pruned, "calibration"), ("P_M.train", parent, "train"))
+                add_disjoint((f"{ref}.calibration", pruned, "calibration"), ("P_M.train", parent, "train"))
         if calibrates:
-            add_disjoint(("P_M-R_N.calibration", pruned, "calibration"), ("P_M-R_N.train", pruned, "train"))
+            add_disjoint((f"{ref}.calibration", pruned, "calibration"), (f"{ref}.train", pruned, "train"))
+        # A chain reads disjoint parts of the retraining slice, none of the parent's.
+        for stage in (by_id[i] for i in pruned.chain if i in by_id):
+            name = f"{stage.label}.train"
+            if parent is not None:
+                add_disjoint(("P_M.train", parent, "train"), (name, stage, "train"))
+            add_disjoint((name, stage, "train"), (f"{ref}.train", pruned, "train"))
+            if _calibrates(entries[stage.id]):  # a stage of an iterative prune calibrates too
+                calibration = (f"{stage.label}.calibration", stage, "calibration")
+                if parent is not None:
+                    add_disjoint(calibration, ("P_M.train", parent, "train"))
+                add_disjoint(calibration, (f"{ref}.train", pruned, "train"))
     return checks
 
 
@@ -458,19 +579,23 @@ def _planned_parameters(spec: StudySpec, arms: list[Arm]) -> dict[str, int]:
         out[parent.name] = count_config_parameters(config).non_embedding
     # A parent arm's id carries its repetition (`parent.s1`); its group is the parent's name in the study.
     names = {arm.id: arm.group for arm in arms if arm.is_parent}
+    solved: dict[tuple, int | None] = {}
     for arm in arms:
         parent = names.get(arm.parent, arm.parent)
         if parent not in configs:
             continue
-        if arm.is_parent or arm.kind == "sparse":
+        if arm.is_parent or arm.kind == "sparse" or arm.stage == PRUNE_STAGE or arm.shape is None:
             out[arm.id] = out[parent]
             continue
-        init = arm.config["model"]["init_args"]["init"]["init_args"]
-        try:
-            plan = solve_shape(configs[parent], arm.kind, ratio=arm.ratio, convention=init["convention"])
-        except ValueError:
-            continue
-        out[arm.id] = plan.params_target.non_embedding
+        # Arms of one target (N values, seeds, learning rates, scratch twins) share one solve.
+        key = (parent, arm.kind, repr(sorted(arm.shape.items())))
+        if key not in solved:
+            try:
+                solved[key] = solve_shape(configs[parent], arm.kind, **arm.shape).params_target.non_embedding
+            except ValueError:
+                solved[key] = None
+        if solved[key] is not None:
+            out[arm.id] = solved[key]
     return out
 
 

@@ -3,6 +3,9 @@
 - `loss_vs_training_tokens.png` (Figure 1, left): per method, validation loss against the arm's own training
   tokens for `P_M-R_N` (solid) and `S_N` (dashed), one curve per N from `metrics.jsonl`, with the final values
   of every N marked, so the equal-training-budget gap reads off vertically.
+  A chain's `P_M-R_N` (a learned method: pruning phase, then continued pretraining) is drawn after its pruning
+  phase (`P_M-R_N[prune]`, dotted), from the tokens that phase trained on. Distilled arms, when the study has
+  them: `P_M-RD_N` (purple, solid) and `S_N-D` (red, dashed).
 - `equal_total_budget.png` (Figure 1, right): per method, validation loss against *total* tokens: the parent's
   curve from 0 to M, `P_M-R_N` continuing from M to M + N, and `S_M+N` from 0 to M + N, so the equal-total
   comparison is the vertical gap at the right end.
@@ -13,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from litprune.study.arms import Arm
+from litprune.study.arms import PRUNED_LABELS, Arm
 from litprune.study.records import loss_curve, run_result
 from litprune.study.spec import StudySpec
 
@@ -29,6 +32,12 @@ def plot_study(spec: StudySpec, arms: list[Arm], out_dir: Path) -> dict[str, Pat
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     curves = {arm.id: _curve(arm) for arm in arms}
+    # A chain's last run continues where its earlier runs stopped: its curve starts at their tokens.
+    by_id = {arm.id: arm for arm in arms}
+    for arm in arms:
+        offset = sum(by_id[i].train_tokens for i in arm.chain if i in by_id)
+        if offset:
+            curves[arm.id] = [(offset + tokens, value) for tokens, value in curves[arm.id]]
     groups = _method_groups(arms)
     if not groups:
         return {}
@@ -54,7 +63,7 @@ def _curve(arm: Arm) -> list[tuple[int, float]]:
 def _method_groups(arms: list[Arm]) -> dict[str, list[Arm]]:
     """Arms per pruned target (`<method>-<ratio>`), each with its scratch partners."""
     groups: dict[str, list[Arm]] = {}
-    for pruned in (a for a in arms if a.label == "P_M-R_N"):
+    for pruned in (a for a in arms if a.label in PRUNED_LABELS):
         items = groups.setdefault(pruned.group, [])
         method = pruned.methods[0]
         for arm in arms:
@@ -62,7 +71,7 @@ def _method_groups(arms: list[Arm]) -> dict[str, list[Arm]]:
                 arm is pruned
                 or (
                     not arm.is_parent
-                    and arm.label != "P_M-R_N"
+                    and arm.label not in PRUNED_LABELS
                     and method in arm.methods
                     and arm.ratio == pruned.ratio
                     and arm.pattern == pruned.pattern
@@ -96,7 +105,7 @@ def _figure(plt: Any, groups: dict[str, list[Arm]], path: Path, draw) -> Path:
 
 def _left_panel(ax: Any, items: list[Arm], curves: dict[str, list[tuple[int, float]]]) -> None:
     finals: dict[str, list[tuple[int, float]]] = {}
-    colors = {"P_M-R_N": "tab:blue", "S_N": "tab:orange"}
+    colors = {"P_M-R_N": "tab:blue", "S_N": "tab:orange", "P_M-RD_N": "tab:purple", "S_N-D": "tab:red"}
     for arm in sorted(items, key=lambda a: a.retrain_tokens or 0):
         base = arm.label.split("[")[0]
         if base not in colors:
@@ -105,7 +114,7 @@ def _left_panel(ax: Any, items: list[Arm], curves: dict[str, list[tuple[int, flo
         if not curve:
             continue
         xs, ys = zip(*curve, strict=True)
-        style = "-" if arm.label == "P_M-R_N" else ("--" if arm.label == "S_N" else ":")
+        style = "-" if arm.label in ("P_M-R_N", "P_M-RD_N") else ("--" if arm.label in ("S_N", "S_N-D") else ":")
         ax.plot(xs, ys, style, color=colors[base], alpha=0.6, label=f"{arm.label}, N={arm.retrain_tokens:,}")
         finals.setdefault(arm.label, []).append(curve[-1])
     for label, points in finals.items():

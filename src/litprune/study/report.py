@@ -19,16 +19,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from litprune.study.arms import Arm
+from litprune.study.arms import PRUNED_LABELS, Arm
 from litprune.study.heldout import heldout_values
 from litprune.study.intervals import METHOD, Interval, paired_interval
-from litprune.study.ledger import INHERITED_MARK, INHERITED_NOTE, NOT_MEASURED, Ledger, build_ledger
+from litprune.study.ledger import CHAIN_NOTE, INHERITED_MARK, INHERITED_NOTE, NOT_MEASURED, Ledger, build_ledger
 from litprune.study.records import eval_result, heldout_perplexity, run_result, task_accuracy
 from litprune.study.spec import StudySpec
 from litprune.training.budget import paper_token_label
 from litprune.utils.atomic import atomic_file, atomic_write_json, atomic_write_text
 
-ARM_ORDER = {"S_N": 0, "P_M-R_N": 1, "S_M+N": 2}
+ARM_ORDER = {
+    "S_N": 0,
+    "S_N-D": 1,
+    "P_M-R_N[prune]": 2,
+    "P_M-R_N": 3,
+    "P_M-RD_N[prune]": 4,
+    "P_M-RD_N": 5,
+    "S_M+N": 6,
+}
+
+COMPARED: dict[str, tuple[str, ...] | None] = {
+    "P_M-R_N": None,  # every scratch arm of its target: S_N, S_N[<control>], S_M+N
+    "P_M-RD_N": ("P_M-R_N", "S_N", "S_N-D", "S_M+N"),
+    "S_N-D": ("S_N",),
+}
+"""Each compared arm and the arms it is compared with (None: every scratch arm of the target but `S_N-D`). The
+distilled arms are compared at equal training tokens with `P_M-R_N`, `S_N` and each other, and with `S_M+N` at equal
+total tokens."""
 
 PAPER_SCRATCH_ABOVE_PARENT = {"depth": 2.50 - 2.40, "width": 2.46 - 2.40}
 """The paper's Figure 1: validation loss of its 4B scratch targets after 250B tokens (S_250, the equal-total arm of
@@ -63,6 +80,7 @@ def collect_rows(spec: StudySpec, arms: list[Arm], ledger: Ledger | None = None)
             "parent_name": parent_names.get(arm.parent, arm.parent),
             "seed": arm.seed,
             "lr": arm.lr,
+            "stage": arm.stage,
             "selected": True,
             "N": arm.retrain_tokens,
             "M": arm.parent_tokens,
@@ -111,7 +129,7 @@ def _select_learning_rates(rows: list[dict[str, Any]]) -> None:
 
 @dataclass
 class Comparison:
-    """`P_M-R_N` against one scratch arm of the same target and N, over every seed.
+    """A compared arm (`P_M-R_N`, or a distilled arm) against another arm of the same target and N, over every seed.
 
     Attributes:
         method: the method's name (with its pattern when not unstructured).
@@ -119,12 +137,14 @@ class Comparison:
         ratio: the pruning ratio.
         n: the retraining budget N.
         setting: "equal training tokens" or "equal total tokens".
-        scratch: the scratch arm's label (`S_N`, `S_N[<control>]`, `S_M+N`).
-        pruned: the `P_M-R_N` rows (one per seed).
-        other: the scratch rows, in the same seed order.
-        loss: the interval of held-out loss `scratch - P_M-R_N` (positive: the pruned arm has the lower loss);
+        scratch: the other arm's label (`S_N`, `S_N[<control>]`, `S_M+N`; for a distilled arm also `P_M-R_N`,
+            `S_N-D`).
+        pruned: the compared arm's rows (one per seed).
+        other: the other arm's rows, in the same seed order.
+        loss: the interval of held-out loss `other - compared` (positive: the compared arm has the lower loss);
             None until both sides are evaluated.
-        accuracy: per task, the interval of accuracy `P_M-R_N - scratch` (positive: the pruned arm is ahead).
+        accuracy: per task, the interval of accuracy `compared - other` (positive: the compared arm is ahead).
+        reference: the compared arm's label: `P_M-R_N` (the paper's comparisons), `P_M-RD_N` or `S_N-D`.
     """
 
     method: str
@@ -137,10 +157,11 @@ class Comparison:
     other: list[dict[str, Any]]
     loss: Interval | None = None
     accuracy: dict[str, Interval] = field(default_factory=dict)
+    reference: str = "P_M-R_N"
 
     @property
     def verdict(self) -> str | None:
-        """ "pruned", "scratch" or "tie" (None without an interval)."""
+        """ "pruned" (the compared arm wins), "scratch" (the other arm wins) or "tie" (None without an interval)."""
         if self.loss is None:
             return None
         return {"b higher": "pruned", "a higher": "scratch", "tie": "tie"}[self.loss.verdict]
@@ -152,6 +173,7 @@ class Comparison:
             "ratio": self.ratio,
             "N": self.n,
             "setting": self.setting,
+            "compared": self.reference,
             "scratch": self.scratch,
             "pruned_arms": [r["arm"] for r in self.pruned],
             "scratch_arms": [r["arm"] for r in self.other],
@@ -166,13 +188,15 @@ def compare_arms(spec: StudySpec, rows: list[dict[str, Any]], arms: list[Arm]) -
     records = {arm.id: eval_result(arm.run_dir) for arm in arms}
     selected = [r for r in rows if r["selected"] and r["label"] != "P_M"]
     comparisons: dict[tuple, Comparison] = {}
-    for pr in (r for r in selected if r["label"] == "P_M-R_N"):
+    for pr in (r for r in selected if r["label"] in COMPARED):
+        wanted = COMPARED[pr["label"]]
         method = pr["methods"].split(",")[0]
         name = method if pr["pattern"] in (None, "unstructured") else f"{method} {pr['pattern']}"
         partners = [
             r
             for r in selected
-            if r["label"] != "P_M-R_N"
+            if (r["label"] in wanted if wanted else r["label"] not in (*COMPARED, *PRUNED_LABELS))
+            and r["stage"] is None  # a chain's pruning phase is part of P_M-R_N, not a scratch arm
             and r["N"] == pr["N"]
             and r["ratio"] == pr["ratio"]
             and r["parent"] == pr["parent"]
@@ -182,16 +206,22 @@ def compare_arms(spec: StudySpec, rows: list[dict[str, Any]], arms: list[Arm]) -
         ]
         for other in partners:
             setting = "equal total tokens" if other["label"] == "S_M+N" else "equal training tokens"
-            key = (name, pr["ratio"], pr["N"], pr["parent_name"], other["label"])
+            key = (name, pr["ratio"], pr["N"], pr["parent_name"], pr["label"], other["label"])
             item = comparisons.setdefault(
-                key, Comparison(name, pr["kind"], pr["ratio"], pr["N"], setting, other["label"], [], [])
+                key,
+                Comparison(
+                    name, pr["kind"], pr["ratio"], pr["N"], setting, other["label"], [], [], reference=pr["label"]
+                ),
             )
             item.pruned.append(pr)
             item.other.append(other)
     for item in comparisons.values():
         _intervals(spec, item, records)
     order = {"equal training tokens": 0, "equal total tokens": 1}
-    return sorted(comparisons.values(), key=lambda c: (c.method, c.ratio, c.n, order[c.setting], c.scratch))
+    return sorted(
+        comparisons.values(),
+        key=lambda c: (c.method, c.ratio, c.n, ARM_ORDER.get(c.reference, 0), order[c.setting], c.scratch),
+    )
 
 
 def _intervals(spec: StudySpec, item: Comparison, records: dict[str, Any]) -> None:
@@ -279,7 +309,7 @@ def compute_readings(comparisons: list[Comparison]) -> list[str]:
         readings.append(f"{tag}: {_loss_sentence(item)}{_accuracy_sentence(item)}")
     by_target: dict[tuple, list[Comparison]] = {}
     for item in comparisons:
-        if item.loss is not None and item.scratch == "S_N":
+        if item.loss is not None and item.scratch == "S_N" and item.reference == "P_M-R_N":
             by_target.setdefault((item.method, item.ratio), []).append(item)
     for (method, ratio), items in by_target.items():
         if len(items) > 1:
@@ -297,21 +327,30 @@ def _loss_sentence(item: Comparison) -> str:
     pct = f"{interval.confidence:.0%}"
     pruned = _mean(item.pruned, "heldout_loss")
     other = _mean(item.other, "heldout_loss")
-    values = f"held-out loss P_M-R_N {pruned:.3f} vs {item.scratch} {other:.3f}"
-    difference = f"{item.scratch} - P_M-R_N = {interval.text()} ({pct} interval"
+    ref = item.reference
+    values = f"held-out loss {ref} {pruned:.3f} vs {item.scratch} {other:.3f}"
+    difference = f"{item.scratch} - {ref} = {interval.text()} ({pct} interval"
     difference += f", {interval.seeds} seeds, seed spread {interval.seed_spread:.3f})" if interval.seeds > 1 else ")"
     if item.verdict == "tie":
-        verdict = f"P_M-R_N and {item.scratch} tie: the interval contains zero"
+        verdict = f"{ref} and {item.scratch} tie: the interval contains zero"
     elif item.verdict == "pruned":
-        verdict = f"P_M-R_N beats {item.scratch}"
+        verdict = f"{ref} beats {item.scratch}"
     else:
-        verdict = f"{item.scratch} beats P_M-R_N"
+        verdict = f"{item.scratch} beats {ref}"
     flag = ""
-    if any(r["uncounted_inheritance"] for r in item.other):
-        flag = (
-            f" {item.scratch} starts from the parent's trained embeddings and norm gains, so it is not a from-scratch "
-            "arm: its tokens exclude the M the parent trained those tensors on."
-        )
+    for label, side in ((item.reference, item.pruned), (item.scratch, item.other)):
+        if not any(r["uncounted_inheritance"] for r in side):
+            continue
+        if any("teacher" in r["inherits"] for r in side):
+            flag += (
+                f" {label} learns from the parent's outputs (distillation), so it is not a from-scratch arm: its "
+                "tokens exclude the M its teacher was trained on."
+            )
+        else:
+            flag += (
+                f" {label} starts from the parent's trained embeddings and norm gains, so it is not a from-scratch "
+                "arm: its tokens exclude the M the parent trained those tensors on."
+            )
     return f"{verdict} ({values}; {difference}).{flag}"
 
 
@@ -322,9 +361,9 @@ def _accuracy_sentence(item: Comparison) -> str:
         if interval.verdict == "tie":
             result = "no difference resolved"
         else:
-            result = "P_M-R_N ahead" if interval.verdict == "b higher" else f"{item.scratch} ahead"
+            result = f"{item.reference} ahead" if interval.verdict == "b higher" else f"{item.scratch} ahead"
         parts.append(
-            f"{task} accuracy {pruned:.3f} vs {other:.3f}, P_M-R_N - {item.scratch} = {interval.text()} over "
+            f"{task} accuracy {pruned:.3f} vs {other:.3f}, {item.reference} - {item.scratch} = {interval.text()} over "
             f"{interval.units} examples: {result}"
         )
     return f" Task: {'; '.join(parts)}." if parts else ""
@@ -381,7 +420,8 @@ def compare_with_paper(comparisons: list[Comparison], rows: list[dict[str, Any]]
     2. at equal total tokens sparse pruning keeps its edge, while coarse (depth, width) pruning is matched or
        beaten by scratch.
     """
-    decided = [c for c in comparisons if c.loss is not None]
+    # The paper's findings are about P_M-R_N; the distilled arms' comparisons are read in their own sentences.
+    decided = [c for c in comparisons if c.loss is not None and c.reference == "P_M-R_N"]
     if not decided:
         return ["No comparison is evaluated yet, so nothing can be compared with the paper."]
     lines = []
@@ -458,7 +498,13 @@ def render_markdown(
         "tokens); `S_M+N` the same from random init on M + N tokens (equal total tokens); `S_N[<control>]` another "
         "scratch control of a sparse method. Sparse scratch arms keep the method's mask; the paper's `reinit` "
         "control also keeps the parent's trained embeddings and norm gains (the `inherits` column of the ledger); "
-        "`S_M+N` never starts from a trained tensor.",
+        "`S_M+N` never starts from a trained tensor."
+        + (
+            " `P_M-RD_N` is `P_M-R_N` retrained by distillation from the parent and `S_N-D` is `S_N` distilled from "
+            "the parent: both still train on N tokens, and their FLOPs include the teacher's forward passes."
+            if any(r["label"] in ("P_M-RD_N", "S_N-D") for r in rows)
+            else ""
+        ),
         "",
         _evaluation_text(spec, rows),
         "",
@@ -480,6 +526,7 @@ def render_markdown(
         "N",
         "train tokens",
         "total tokens",
+        "FLOPs",
         "held-out loss",
         "val loss",
         *[f"{c.split(':', 1)[1]} acc" for c in task_columns],
@@ -492,6 +539,8 @@ def render_markdown(
         lines += ["", f"## {title}", "", *table_head, *[_table_row(r, extra, task_columns, ppl_columns) for r in items]]
     if any(r["uncounted_inheritance"] for r in rows):
         lines += ["", INHERITED_NOTE]
+    if any(r["stage"] is not None for r in rows):
+        lines += ["", CHAIN_NOTE]
     if any(r["lr"] is not None for r in rows):
         lines += [
             "",
@@ -562,16 +611,20 @@ def _comparison_table(comparisons: list[Comparison]) -> str:
     """One row per comparison; with several seeds, the seed count and the spread of the per-seed mean differences."""
     seeded = any(c.loss is not None and c.loss.seeds > 1 for c in comparisons)
     extra = " seeds | seed spread (sd) |" if seeded else ""
-    head = "| method | ratio | N | setting | scratch arm | held-out loss, scratch - P_M-R_N (interval) | decision |"
+    head = (
+        "| method | ratio | N | setting | arm | compared with | held-out loss, other - arm (interval) | decision | "
+        "FLOPs, arm / other |"
+    )
     lines = [
         head + extra,
-        "|---|---|---|---|---|---|---|" + ("---|---|" if seeded else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if seeded else ""),
     ]
-    decision = {"pruned": "P_M-R_N beats", "scratch": "scratch beats", "tie": "tie", None: "not evaluated"}
     for c in comparisons:
         interval = "-" if c.loss is None else c.loss.text()
-        row = f"| {c.method} | {c.ratio:g} | {c.n:,} | {c.setting} | `{c.scratch}` | {interval} | "
-        row += f"{decision[c.verdict]} |"
+        decision = {"pruned": f"{c.reference} beats", "scratch": f"{c.scratch} beats", "tie": "tie"}
+        flops = f"{_flops_text(_mean(c.pruned, 'flops_total'))} / {_flops_text(_mean(c.other, 'flops_total'))}"
+        row = f"| {c.method} | {c.ratio:g} | {c.n:,} | {c.setting} | `{c.reference}` | `{c.scratch}` | {interval} | "
+        row += f"{decision.get(c.verdict, 'not evaluated')} | {flops} |"
         if seeded:
             spread = c.loss.seed_spread if c.loss is not None else None
             row += f" {len(c.pruned)} | {'-' if spread is None else f'{spread:.3f}'} |"
@@ -583,20 +636,20 @@ def _groups(rows: list[dict[str, Any]]):
     """(title, rows) per method x ratio: its pruned arms and their scratch partners, by N and arm."""
     shown = [r for r in rows if r["selected"] and r["label"] != "P_M"]
     seen: dict[tuple[str, float], list[dict[str, Any]]] = {}
-    for pr in (r for r in shown if r["label"] == "P_M-R_N"):
+    for pr in (r for r in shown if r["label"] in PRUNED_LABELS):
         method = pr["methods"].split(",")[0]
         name = method if pr["pattern"] in (None, "unstructured") else f"{method} {pr['pattern']}"
         items = seen.setdefault((name, pr["ratio"]), [])
         for row in shown:
             if (
-                (row is pr or (row["label"] != "P_M-R_N" and method in row["methods"].split(",")))
+                (row is pr or (row["label"] not in PRUNED_LABELS and method in row["methods"].split(",")))
                 and row["ratio"] == pr["ratio"]
                 and row["pattern"] == pr["pattern"]
                 and row not in items
             ):
                 items.append(row)
     for (name, ratio), items in seen.items():
-        items.sort(key=lambda r: (r["N"], r["seed"] or 0, ARM_ORDER.get(r["label"], 3), r["label"]))
+        items.sort(key=lambda r: (r["N"], r["seed"] or 0, ARM_ORDER.get(r["label"], len(ARM_ORDER)), r["label"]))
         yield f"{name}, ratio {ratio:g}", items
 
 
@@ -608,6 +661,7 @@ def _table_row(row, extra, task_columns, ppl_columns) -> str:
         _fmt_int(row["N"]),
         f"{_tokens(row['train_tokens'])} ({row['train_tokens_label']})",
         total,
+        _flops_text(row["flops_total"]),
         _fmt(row["heldout_loss"]),
         _fmt(row["val_loss"]),
         *[_fmt(row.get(c)) for c in task_columns],
@@ -654,6 +708,10 @@ def _range_cell(entry, role: str) -> str | None:
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _flops_text(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.3g}"  # value != value: NaN, a mean of nothing
 
 
 def _fmt_int(value: int | None) -> str:

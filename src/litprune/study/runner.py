@@ -8,7 +8,8 @@ What it does, in order:
    its own process: `python -m litprune fit --config <arm>.yaml --ckpt_path last`. So an arm is an ordinary run:
    resumable on its own, launchable alone (e.g. on a cluster), with its own run directory and log
    (`<out_dir>/logs/<arm>.log`). `--workers K` runs up to K arms at a time (`run_arms`), each as soon as the arms it
-   depends on have finished (the parents): by default one per CPU core with one thread each, or one per GPU.
+   depends on have finished (the parents; in a chain, the run before: a Sheared-LLaMA pruning phase, an earlier stage
+   of an iterative prune): by default one per CPU core with one thread each, or one per GPU.
    On a cluster, `--launcher slurm` or `--launcher torchrun` instead writes each arm's job script, in the same order,
    and runs nothing (`litprune.study.launchers`).
 4. Evaluates every finished arm's export (`litprune.eval.run.run_eval`: the configured tasks and held-out
@@ -85,7 +86,8 @@ def arm_status(arm: Arm) -> ArmStatus:
             f"{arm.run_dir} to run the arm again with the new ones."
         )
     if results is not None and (arm.run_dir / "export").is_dir():
-        return ArmStatus("done", f"{(results.get('run') or {}).get('tokens_seen', '?'):,} tokens")
+        seen = (results.get("run") or {}).get("tokens_seen")
+        return ArmStatus("done", f"{seen:,} tokens" if isinstance(seen, int) else "tokens not recorded")
     if last.exists():
         return ArmStatus("partial", "resumes from checkpoints/last.ckpt")
     return ArmStatus("started", "no checkpoint yet: starts over")

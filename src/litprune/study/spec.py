@@ -25,7 +25,31 @@ eval: {tasks: [litprune_next_line], perplexity: [embedded], limit: 200}
 `load_study` reads the file strictly (an unknown key fails and the close matches are named) and `check_study`
 reports every problem at once: an arm that needs a parent the study does not define, a ratio a method cannot
 reach on the parent's shape, a budget smaller than one optimizer step or not a whole number of steps, slices
-that are not defined. The arms themselves are built by `litprune.study.arms.expand_study`.
+that are not defined, a method option the method does not take. The arms themselves are built by
+`litprune.study.arms.expand_study`.
+
+Methods come in three families:
+
+- one-shot structured (`minitron_depth`, `shortgpt`, `minitron_width`, `flap`, `wanda_sp`: the names of
+  `litprune.pruning.structured.STRUCTURED_METHODS`), pruned by `StructuredPrune` when the arm starts; their
+  `options` are `StructuredPrune`'s own arguments (e.g. `batch_size`, or FLAP's settings), checked by name here;
+- sparse (`wanda`, `sparsegpt`, `magnitude`), pruned by `SparsePrune` (`options` are its `method_kwargs`);
+- learned (`sheared`: Sheared-LLaMA, `LEARNED_METHODS`): the structure is learned while training, so its
+  `P_M-R_N` is a chain of two ordinary runs, a pruning phase that learns the masks
+  (`litprune.callbacks.sheared.ShearedPruning`, started from the dense parent) and continued pretraining of its
+  export. The chain spends N tokens in all, like `S_N`: the pruning phase takes `prune_fraction` of N (option,
+  default `DEFAULT_PRUNE_FRACTION` = 0.2), rounded to whole optimizer steps, at least one step and leaving at least
+  one for continued pretraining (`sheared_split`); the two runs read disjoint parts of the retraining slice, split
+  in the same proportion, so no token is read twice. Its other `options` are `ShearedPruning`'s arguments
+  (`lagrangian_warmup_fraction`, `mask_lr`, `lagrangian_lr`, `seed`, ...). Its target is the width kind, so its
+  `S_N` and `S_M+N` are Minitron-width's (shared when both are in the study).
+
+A one-shot structured method may prune in `stages` (e.g. `[0.3, 0.5]`): its `P_M-R_N` is then a chain of one run per
+stage, each pruning the previous stage's export to its stage's shape and retraining on an equal share of N in whole
+steps (`stage_split`).
+
+A method may give an explicit `target` shape instead of ratios (e.g. FLAP's `{num_key_value_heads: 5,
+intermediate_size: 6528}`): its arms are named after the target and carry the achieved ratio.
 """
 
 from __future__ import annotations
@@ -49,8 +73,51 @@ from litprune.utils.suggest import did_you_mean
 SCRATCH_CONTROLS: tuple[str, ...] = tuple(name for name in CONTROLS if name != "none")
 """Starting points of the sparse scratch arms: `SparsePrune`'s controls but "none" (that one is `P_M-R_N`)."""
 
-ARM_KINDS: tuple[str, ...] = ("S_N", "P_M-R_N", "S_M+N")
-"""The arms of every method x ratio x N, in the paper's notation."""
+ARM_KINDS: tuple[str, ...] = ("S_N", "P_M-R_N", "S_M+N", "P_M-RD_N", "S_N-D")
+"""The arms of every method x ratio x N, in the paper's notation: `S_N`, `P_M-R_N`, `S_M+N`, and the distilled arms
+`P_M-RD_N` (the pruned parent retrained by distillation from the parent) and `S_N-D` (the scratch arm distilled from
+the parent)."""
+
+DISTILLED_ARMS: tuple[str, ...] = ("P_M-RD_N", "S_N-D")
+"""The arms that train by distillation from their parent (`distill` sets alpha, temperature, top_k)."""
+
+DISTILL_KEYS: tuple[str, ...] = ("alpha", "temperature", "top_k")
+"""The keys of the study's `distill` (the teacher is always the arm's parent)."""
+
+LEARNED_METHODS: dict[str, str] = {"sheared": "width"}
+"""Methods that learn their structure while training (a chain of runs), with the shape kind of their target."""
+
+DEFAULT_PRUNE_FRACTION = 0.2
+"""Share of N that a learned method's pruning phase trains on, unless its `prune_fraction` option says otherwise."""
+
+CHAIN_OPTIONS: tuple[str, ...] = ("prune_fraction",)
+"""Options of a learned method that the study itself reads (the others are `ShearedPruning`'s arguments)."""
+
+CHAIN_SLICE_SUFFIXES: tuple[str, str] = ("prune_phase", "continued")
+"""Names of the two parts of the retraining slice a chain reads: `<slices.retrain>_prune_phase`, `..._continued`."""
+
+STAGE_TARGET_KEYS: dict[str, tuple[str, ...]] = {
+    "depth": ("num_hidden_layers",),
+    "width": ("hidden_size", "intermediate_size", "num_key_value_heads"),
+    "attention_mlp": ("num_key_value_heads", "intermediate_size"),
+}
+"""The shape fields that fix a stage's shape completely, per kind: an iterative prune's stage hands them to
+`StructuredPrune` as its `target`."""
+
+SHEARED_SHAPE_OPTIONS: tuple[str, ...] = ("hidden_multiple", "mlp_multiple")
+"""`ShearedPruning` arguments a study refuses: they change the solved shape, which the `S_N` twin (`ScratchTarget`)
+would not follow; an explicit `target` sets the shape for both."""
+
+SHEARED_CALLBACK = "litprune.callbacks.sheared.ShearedPruning"
+"""The callback that learns Sheared-LLaMA's masks in the pruning phase."""
+
+SHAPE_TARGET_LABELS: dict[str, str] = {
+    "num_hidden_layers": "L",
+    "hidden_size": "d",
+    "intermediate_size": "F",
+    "num_key_value_heads": "kv",
+}
+"""Short names of target shape fields in arm ids (`flap-kv5-F6528`)."""
 
 CALIBRATION_WINDOWS: tuple[str, ...] = ("nsamples", "seqlen", "seed")
 """The keys of the study's `calibration` (and a method's): the calibration windows drawn from `slices.calibration`."""
@@ -100,16 +167,24 @@ class MethodSpec:
     """One pruning method and the ratios to run it at.
 
     Attributes:
-        method: structured (`minitron_depth`, `shortgpt`, `minitron_width`) or sparse (`wanda`, `sparsegpt`,
-            `magnitude`).
+        method: structured (`minitron_depth`, `shortgpt`, `minitron_width`, `flap`, `wanda_sp`), learned
+            (`sheared`) or sparse (`wanda`, `sparsegpt`, `magnitude`).
         ratios: pruned fractions; structured ratios are read on `convention` parameters, sparse ratios per matrix.
+            May be left out when `target` fixes the shape alone.
         parent: the parent to prune (a key of `parents`); default: the study's only parent.
         pattern: sparse only: `unstructured`, `2:4`, `4:8` (N:M patterns only at ratio N/M).
-        convention: structured only: `non_embedding` (the paper's) or `total`.
+        convention: structured and learned only: `non_embedding` (the paper's) or `total`.
         scratch: sparse only: how the `S_N` / `S_M+N` arms start (`reinit`, the paper's, or `random_same_mask`,
             `random_fresh_mask`).
         controls: sparse only: extra scratch arms trained for N tokens, one per listed control.
-        options: method options: sparse `method_kwargs`; structured `scorer`, `batch_size`.
+        options: method options: sparse `method_kwargs`; structured: `StructuredPrune`'s own arguments (`scorer`,
+            `batch_size`, and those a method adds, e.g. FLAP's); learned: `prune_fraction` (the share of N the
+            pruning phase trains on, default 0.2) and `ShearedPruning`'s arguments.
+        target: structured and learned only: an explicit target shape (e.g. `{num_key_value_heads: 5,
+            intermediate_size: 6528}`), alone or together with `ratios` where the method's solver allows it.
+        stages: one-shot structured only: iterative pruning, e.g. `[0.3, 0.5]`: the parent is pruned to the shape of
+            each ratio in turn (ratios of the parent, increasing), each stage pruning the previous stage's export and
+            retraining on its share of N (`stage_split`); the last ratio is the arm's (leave `ratios` out).
         calibration: this method's calibration, over the study's `calibration`: the windows (`nsamples`, `seqlen`,
             `seed`) and, for `minitron_depth`, the window score (`scorer`: "perplexity" or "task:<lm-eval task>",
             `scorer_fewshot`, `scorer_limit`). The windows always come from `slices.calibration` of the study's
@@ -125,11 +200,31 @@ class MethodSpec:
     controls: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
+    target: dict[str, int] | None = None
+    stages: list[float] | None = None
 
     @property
     def kind(self) -> str:
-        """ "depth", "width" or "sparse"."""
+        """The shape kind of its target: "depth", "width" (also `sheared`'s), a structured method's own kind (e.g.
+        FLAP's), or "sparse"."""
+        if self.method in LEARNED_METHODS:
+            return LEARNED_METHODS[self.method]
         return STRUCTURED_METHODS.get(self.method, "sparse")
+
+    @property
+    def learned(self) -> bool:
+        """Whether the structure is learned while training (its `P_M-R_N` is a chain of two runs)."""
+        return self.method in LEARNED_METHODS
+
+    @property
+    def ratio_values(self) -> list[float | None]:
+        """The ratios the arms are built at: `ratios`, or one value None when `target` alone fixes the shape."""
+        if not self.ratios and self.stages:
+            last = self.stages[-1] if isinstance(self.stages, list) else None
+            return [float(last)] if isinstance(last, int | float) and not isinstance(last, bool) else []
+        if not self.ratios and self.target:
+            return [None]
+        return [float(ratio) for ratio in self.ratios]
 
 
 @dataclass
@@ -223,7 +318,9 @@ class StudySpec:
         parents: named parents `P_M`.
         methods: methods x ratios.
         retrain_tokens: the N values of `S_N` / `P_M-R_N` (several: the scaling curve).
-        arms: which of `S_N`, `P_M-R_N`, `S_M+N` to run.
+        arms: which of `S_N`, `P_M-R_N`, `S_M+N`, `P_M-RD_N`, `S_N-D` to run (default: the first three).
+        distill: the distilled arms' settings, `alpha` (weight of the cross-entropy), `temperature` and `top_k`
+            (`litprune.modules.distillation.Distillation`); the teacher is always the arm's parent.
         data: `TokenDataModule` arguments shared by every arm (`train_slice` is set per arm).
         slices: which named slice each phase reads.
         calibration: `nsamples`, `seqlen`, `seed` of the pruning methods' calibration windows.
@@ -251,7 +348,8 @@ class StudySpec:
     parents: dict[str, ParentSpec]
     methods: list[MethodSpec]
     retrain_tokens: list[int]
-    arms: list[str] = field(default_factory=lambda: list(ARM_KINDS))
+    arms: list[str] = field(default_factory=lambda: list(ARM_KINDS[:3]))
+    distill: dict[str, Any] = field(default_factory=lambda: {"alpha": 0.5, "temperature": 1.0, "top_k": None})
     data: dict[str, Any] = field(default_factory=dict)
     slices: SliceRoles = field(default_factory=SliceRoles)
     calibration: dict[str, Any] = field(default_factory=lambda: {"nsamples": 64, "seqlen": 128, "seed": 0})
@@ -344,8 +442,11 @@ def study_from_dict(raw: Any, source: str | None = None) -> StudySpec:
             continue
         values = _known(body, MethodSpec, f"methods[{i}].", problems)
         ratios = values.get("ratios")
+        if ratios is None and not values.get("target") and not values.get("stages"):
+            problems.append(
+                f"methods[{i}] ({body['method']}) needs ratios, e.g. ratios: [0.5] (or an explicit target shape)"
+            )
         if ratios is None:
-            problems.append(f"methods[{i}] ({body['method']}) needs ratios, e.g. ratios: [0.5]")
             ratios = []
         values["ratios"] = list(ratios) if isinstance(ratios, list | tuple) else [ratios]
         methods.append(MethodSpec(**values))
@@ -361,7 +462,7 @@ def study_from_dict(raw: Any, source: str | None = None) -> StudySpec:
     retrain = top.get("retrain_tokens")
     kwargs = {k: v for k, v in top.items() if k not in ("parents", "methods", "slices", "eval", "launch")}
     kwargs["retrain_tokens"] = list(retrain) if isinstance(retrain, list | tuple) else [retrain]
-    for key in ("data", "model", "trainer", "checkpoint", "calibration", "scratch_init", "env"):
+    for key in ("data", "model", "trainer", "checkpoint", "calibration", "scratch_init", "env", "distill"):
         if key in kwargs and kwargs[key] is None:
             kwargs[key] = {}
     return StudySpec(
@@ -388,7 +489,15 @@ def check_study(spec: StudySpec) -> None:
         problems.append(f"out_dir={spec.out_dir!r} must be a directory path, e.g. runs/study_tiny")
     unknown_arms = [a for a in spec.arms if a not in ARM_KINDS]
     if unknown_arms or not spec.arms:
-        problems.append(f"arms={spec.arms!r}: choose from {list(ARM_KINDS)} (at least one)")
+        hints = "".join(did_you_mean(a, ARM_KINDS, n=1, cutoff=0.5) for a in unknown_arms)
+        problems.append(
+            f"arms={spec.arms!r}: choose from {list(ARM_KINDS)} (at least one)" + (f".{hints}" if hints else "")
+        )
+    if isinstance(spec.model, dict) and "distill" in spec.model:
+        problems.append(
+            "model.distill is set by the study for the distilled arms (P_M-RD_N, S_N-D); give alpha, temperature "
+            "and top_k in the study's distill section and add those arms to arms"
+        )
     if not spec.parents:
         problems.append(
             "no parent is defined, but every arm needs one (P_M-R_N prunes it; S_N takes its pruned shape; "
@@ -424,6 +533,7 @@ def check_study(spec: StudySpec) -> None:
     _check_calibration(spec, problems)
     _check_eval(spec, problems)
     _check_launch(spec.launch, problems)
+    _check_distill(spec, problems)
     if not isinstance(spec.env, dict) or not all(isinstance(k, str) for k in spec.env):
         problems.append(f"env={spec.env!r} must map environment variable names to values, e.g. {{OMP_NUM_THREADS: 1}}")
     if not isinstance(spec.curve_points, int) or spec.curve_points < 1:
@@ -528,6 +638,23 @@ def _parent_tokens(parent: ParentSpec | None) -> int | None:
     return None
 
 
+def parent_config(spec: StudySpec, parent: ParentSpec) -> Any:
+    """The parent's config (a `PretrainedConfig`) as far as it is known before any run: built from its preset, or
+    read from a local checkpoint; None for a hub parent or one that cannot be read."""
+    try:
+        if parent.trained:
+            from litprune.models.presets import build_llama_config
+
+            return build_llama_config(parent.preset, parent.overrides, vocab_size=data_vocab(spec) or 32000)
+        from litprune.inits.parent import read_parent_config
+
+        if not (Path(str(parent.path)).expanduser() / "config.json").is_file():
+            return None
+        return read_parent_config(str(parent.path))
+    except (OSError, ValueError):
+        return None
+
+
 def data_vocab(spec: StudySpec) -> int | None:
     """The vocabulary the embedded BPE will have (None when a named tokenizer decides it)."""
     if spec.data.get("tokenizer"):
@@ -579,7 +706,7 @@ def _check_parent(spec: StudySpec, parent: ParentSpec, step: int | None, vocab: 
 
 def _check_method(spec: StudySpec, i: int, method: MethodSpec, configs: dict[str, Any], problems) -> None:
     where = f"methods[{i}] ({method.method})"
-    known = [*STRUCTURED_METHODS, *SPARSE_METHODS]
+    known = [*STRUCTURED_METHODS, *LEARNED_METHODS, *SPARSE_METHODS]
     if method.method not in known:
         hint = did_you_mean(method.method, known, cutoff=0.5)
         problems.append(f"{where}: unknown method.{hint} Available: {', '.join(known)}")
@@ -593,16 +720,30 @@ def _check_method(spec: StudySpec, i: int, method: MethodSpec, configs: dict[str
                 f"{where} prunes parent {parent!r}, which the study does not define (defined: {sorted(spec.parents)}). "
                 "Add it under parents or fix the name"
             )
-    if not method.ratios:
+    if not method.ratios and not method.target and not method.stages:
         problems.append(f"{where}: ratios is empty; give at least one, e.g. [0.5]")
     if len(set(map(str, method.ratios))) != len(method.ratios):
         problems.append(f"{where}: ratios={method.ratios!r} repeats a value")
     config = configs.get(parent)
     if method.kind == "sparse":
+        if method.target is not None:
+            problems.append(f"{where}: target applies to structured and learned methods; sparse ratios are per matrix")
         _check_sparse(where, method, problems)
     else:
         _check_structured(where, method, config, problems)
-    _check_method_calibration(spec, where, method, problems)
+        if method.learned:
+            _check_learned(spec, where, method, problems)
+        else:
+            _check_options(spec, where, method, problems)
+    if method.stages is not None:
+        _check_stages(spec, where, method, config, problems)
+    if method.learned and method.calibration:
+        problems.append(
+            f"{where}: calibration does not apply: {method.method} learns its masks while training and reads no "
+            "calibration windows. Remove it"
+        )
+    else:
+        _check_method_calibration(spec, where, method, problems)
 
 
 def _check_method_calibration(spec: StudySpec, where: str, method: MethodSpec, problems: list[str]) -> None:
@@ -669,26 +810,323 @@ def _check_structured(where: str, method: MethodSpec, config: Any, problems: lis
 
     if method.controls or method.scratch != "reinit" or method.pattern != "unstructured":
         problems.append(f"{where}: pattern, scratch and controls apply to sparse methods only; remove them")
-    unknown = sorted(set(method.options) - {"scorer", "batch_size"})
-    if unknown:
-        problems.append(f"{where}: options {unknown} do not apply; structured methods accept scorer, batch_size")
+    if not isinstance(method.options, dict):
+        problems.append(f"{where}: options={method.options!r} must be a mapping of option names to values")
+    target = method.target
+    if target is not None and (not isinstance(target, dict) or not target):
+        problems.append(
+            f"{where}: target={target!r} must be a mapping of shape fields to sizes, e.g. "
+            "{num_key_value_heads: 5, intermediate_size: 6528}"
+        )
+        return
     try:
         check_convention(method.convention)
     except ValueError as err:
         problems.append(f"{where}: {err}")
         return
-    for ratio in method.ratios:
-        try:
-            check_ratio_open(ratio)
-        except ValueError as err:
-            problems.append(f"{where}: {err}")
-            continue
+    if target and not method.ratios and config is None:
+        problems.append(
+            f"{where}: a target without ratios needs the parent's config to name its arms by the achieved ratio, and "
+            "the parent is not on disk; give ratios too, or a local parent"
+        )
+    for ratio in method.ratio_values if all(isinstance(r, int | float) for r in method.ratios) else method.ratios:
+        if ratio is not None:
+            try:
+                check_ratio_open(ratio)
+            except ValueError as err:
+                problems.append(f"{where}: {err}")
+                continue
         if config is None:
             continue  # a hub parent: its shape is solved when the arm builds it
+        what = f"ratio {ratio}" if ratio is not None else f"target {target}"
         try:
-            solve_shape(config, method.kind, ratio=float(ratio), convention=method.convention)
+            solve_shape(config, method.kind, ratio=ratio, target=target, convention=method.convention)
         except ValueError as err:
-            problems.append(f"{where}: ratio {ratio} cannot be reached on the parent's shape: {err}")
+            problems.append(f"{where}: {what} cannot be reached on the parent's shape: {err}")
+
+
+def structured_options(method: str) -> tuple[str, ...]:
+    """The options a one-shot structured method takes in a study: `StructuredPrune`'s arguments that the study does
+    not set itself (the parent, method, ratio, target, convention and calibration windows come from the study)."""
+    import inspect
+
+    from litprune.inits.structured import StructuredPrune
+
+    study_set = {"self", "parent", "method", "ratio", "target", "convention", "calibration"}
+    names = [name for name in inspect.signature(StructuredPrune.__init__).parameters if name not in study_set]
+    if method != "minitron_depth":
+        names = [name for name in names if name not in SCORER_KEYS]  # the window score is Minitron-depth's
+    return tuple(names)
+
+
+def _check_options(spec: StudySpec, where: str, method: MethodSpec, problems: list[str]) -> None:
+    """A one-shot structured method's options: `StructuredPrune`'s argument names, then their values, checked by
+    `StructuredPrune` itself at each ratio (only when nothing else is wrong with the method, so that a shape the
+    parent cannot reach is reported once)."""
+    if not isinstance(method.options, dict):
+        return
+    allowed = structured_options(method.method)
+    unknown = sorted(set(method.options) - set(allowed))
+    for key in unknown:
+        hint = did_you_mean(key, allowed, n=2, sentence=False)
+        problems.append(
+            f"{where}: unknown option {key!r}{f' ({hint})' if hint else ''}; {method.method} accepts "
+            f"{', '.join(allowed) or 'no option'}"
+        )
+    if unknown or any(problem.startswith(f"{where}:") for problem in problems):
+        return
+    from litprune.inits.structured import StructuredPrune
+
+    parent = spec.parents.get(spec.parent_of(method))
+    if parent is None:
+        return
+    # The export a trained parent will have (usually not on disk yet: then only the arguments are checked).
+    path = str(spec.out_path / "runs" / parent.name / "export") if parent.trained else str(parent.path)
+    for ratio in method.ratio_values:
+        try:
+            StructuredPrune(
+                parent=path,
+                method=method.method,
+                ratio=ratio,
+                target=method.target,
+                convention=method.convention,
+                **method.options,
+            )
+        except (TypeError, ValueError) as err:
+            problems.append(f"{where}: options: {err}")
+            return
+
+
+def sheared_options() -> tuple[str, ...]:
+    """The options of a `sheared` method: `prune_fraction` (read by the study) and `ShearedPruning`'s arguments
+    but the target ones (`ratio`, `target`, `convention` come from the method entry)."""
+    import inspect
+
+    from litprune.callbacks.sheared import ShearedPruning
+
+    study_set = {"self", "ratio", "target", "convention", *SHEARED_SHAPE_OPTIONS}
+    callback = [name for name in inspect.signature(ShearedPruning.__init__).parameters if name not in study_set]
+    return (*CHAIN_OPTIONS, *callback)
+
+
+def _check_learned(spec: StudySpec, where: str, method: MethodSpec, problems: list[str]) -> None:
+    """A learned method (`sheared`): its options, the callback's own checks, and a pruning phase that fits every N."""
+    try:
+        allowed = sheared_options()
+    except ImportError as err:
+        problems.append(f"{where}: needs {SHEARED_CALLBACK}, which cannot be imported ({err})")
+        return
+    options = method.options if isinstance(method.options, dict) else {}
+    unknown = sorted(set(options) - set(allowed))
+    for key in [key for key in unknown if key in SHEARED_SHAPE_OPTIONS]:
+        unknown.remove(key)
+        problems.append(
+            f"{where}: option {key!r} would change the target shape, which the S_N and S_M+N arms (ScratchTarget) "
+            "would not follow; give the shape with target instead"
+        )
+    for key in unknown:
+        hint = did_you_mean(key, allowed, n=2, sentence=False)
+        problems.append(
+            f"{where}: unknown option {key!r}{f' ({hint})' if hint else ''}; sheared accepts {', '.join(allowed)}"
+        )
+    fraction = options.get("prune_fraction", DEFAULT_PRUNE_FRACTION)
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
+        problems.append(
+            f"{where}: prune_fraction={fraction!r} must be the share of N the pruning phase trains on, in (0, 1), "
+            f"e.g. {DEFAULT_PRUNE_FRACTION}"
+        )
+        return
+    if not unknown:
+        from litprune.callbacks.sheared import ShearedPruning
+
+        kwargs = {k: v for k, v in options.items() if k not in CHAIN_OPTIONS}
+        for ratio in method.ratio_values if all(isinstance(r, int | float) for r in method.ratios) else []:
+            try:
+                ShearedPruning(ratio=ratio, target=method.target, convention=method.convention, **kwargs)
+            except (TypeError, ValueError) as err:
+                problems.append(f"{where}: {err}")
+                break
+    step = tokens_per_step(spec, [])
+    if step is not None:
+        for n in spec.retrain_tokens:
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0 and n % step == 0:
+                try:
+                    sheared_split(n, step, fraction)
+                except StudyError as err:
+                    problems.append(f"{where}: {err}")
+    try:
+        retrain_range(spec)
+    except StudyError as err:
+        problems.append(f"{where}: {err}")
+    defined = spec.data.get("slices") if isinstance(spec.data.get("slices"), dict) else {}
+    for suffix in CHAIN_SLICE_SUFFIXES:
+        if f"{spec.slices.retrain}_{suffix}" in defined:
+            problems.append(
+                f"{where}: data.slices defines {spec.slices.retrain}_{suffix!s}, the name the study gives a part of "
+                "the retraining slice for the pruning chain; rename that slice"
+            )
+
+
+def sheared_split(n: int, step: int, prune_fraction: float = DEFAULT_PRUNE_FRACTION) -> tuple[int, int]:
+    """How a learned method's `P_M-R_N` spends its N tokens: `(pruning phase, continued pretraining)`.
+
+    Rule: the pruning phase trains `round(prune_fraction x N / step)` optimizer steps, at least one, and at most all
+    steps but one (continued pretraining trains at least one step); continued pretraining trains the rest. Both are
+    whole numbers of steps and add up to N exactly, so the chain is token-matched with `S_N`.
+
+    Args:
+        n: the retraining budget N (a whole number of steps).
+        step: tokens per optimizer step.
+        prune_fraction: the share of N the pruning phase should take, in (0, 1).
+
+    Raises:
+        StudyError: N is less than two steps, so one run of the chain would train nothing.
+    """
+    steps = n // step
+    if steps < 2:
+        raise StudyError(
+            f"N={n:,} is {steps} optimizer step(s) of {step:,} tokens, but the pruning phase and continued pretraining "
+            f"each need at least one; use N >= {2 * step:,}"
+        )
+    prune = min(max(1, round(prune_fraction * steps)), steps - 1)
+    return prune * step, (steps - prune) * step
+
+
+def retrain_range(spec: StudySpec) -> tuple[str, int, int]:
+    """`(split, start, end)` of the retraining slice, which a learned method's chain splits between its two runs.
+
+    Raises:
+        StudyError: the slice has no declared end (a whole split), so it cannot be split before the data exists.
+    """
+    slices = spec.data.get("slices") if isinstance(spec.data.get("slices"), dict) else {}
+    declared = declared_range(slices, spec.slices.retrain, "retrain")
+    if declared.end is None:
+        raise StudyError(
+            f"the pruning phase and continued pretraining read disjoint parts of slices.retrain="
+            f"{spec.slices.retrain!r}, which has no end offset; declare it with start and end in data.slices, e.g. "
+            "retrain: {split: train, start: 4456448, end: 5672960}"
+        )
+    return declared.split, declared.start, declared.end
+
+
+def chain_slices(spec: StudySpec, prune_tokens: int, n: int) -> tuple[tuple[str, dict], tuple[str, dict]]:
+    """The two parts of the retraining slice a learned method's chain reads: `((name, range), (name, range))` of the
+    pruning phase and of continued pretraining (`retrain_parts`)."""
+    first, second = retrain_parts(spec, [prune_tokens, n - prune_tokens], list(CHAIN_SLICE_SUFFIXES))
+    return first, second
+
+
+def retrain_parts(spec: StudySpec, tokens: list[int], suffixes: list[str]) -> list[tuple[str, dict]]:
+    """The parts of the retraining slice the runs of a chain read, one per run: `[(name, range), ...]`.
+
+    The slice `[start, end)` is cut in proportion to the runs' tokens (cut `i` at `start + floor((end - start) x
+    (tokens of runs 1..i) / N)`): each run reads its own part, so the chain reads each part about as often as `S_N`
+    reads the whole slice and never reads a token twice across its runs. Part `i` is named
+    `<slices.retrain>_<suffixes[i]>`.
+    """
+    split, start, end = retrain_range(spec)
+    total = sum(tokens)
+    cuts, done = [start], 0
+    for count in tokens:
+        done += count
+        cuts.append(start + (end - start) * done // total)
+    name = spec.slices.retrain
+    return [
+        (f"{name}_{suffix}", {"split": split, "start": cuts[i], "end": cuts[i + 1]})
+        for i, suffix in enumerate(suffixes)
+    ]
+
+
+def stage_split(n: int, step: int, stages: int) -> list[int]:
+    """The retraining tokens of each stage of an iterative prune (`stages: [...]`), adding up to N.
+
+    Rule: N's optimizer steps are shared equally, whole steps only; the last `steps % stages` stages take one step
+    more. Every stage trains at least one step.
+
+    Raises:
+        StudyError: N has fewer steps than there are stages.
+    """
+    steps = n // step
+    if steps < stages:
+        raise StudyError(
+            f"N={n:,} is {steps} optimizer step(s) of {step:,} tokens, fewer than the {stages} stages, which each "
+            f"retrain at least one; use N >= {stages * step:,} or fewer stages"
+        )
+    base, extra = divmod(steps, stages)
+    return [(base + (1 if i >= stages - extra else 0)) * step for i in range(stages)]
+
+
+def stage_shapes(config: Any, method: MethodSpec) -> list[dict[str, int]]:
+    """The target shape of each stage of an iterative prune: the shape of each stage's ratio solved on the parent's
+    config (`solve_shape`), as the full target a stage hands `StructuredPrune` to prune the previous stage's export.
+
+    Raises:
+        ValueError: a stage's ratio cannot be reached on the parent's shape.
+    """
+    from litprune.pruning.shapes import solve_shape
+
+    shapes = []
+    for ratio in method.stages or []:
+        shape = solve_shape(config, method.kind, ratio=float(ratio), convention=method.convention).shape.as_dict()
+        shapes.append({key: shape[key] for key in STAGE_TARGET_KEYS[method.kind]})
+    return shapes
+
+
+def _check_stages(spec: StudySpec, where: str, method: MethodSpec, config: Any, problems: list[str]) -> None:
+    """An iterative prune: one-shot structured methods only, increasing ratios, shapes that shrink stage by stage."""
+    stages = method.stages
+    if method.kind not in STAGE_TARGET_KEYS or method.learned:
+        problems.append(
+            f"{where}: stages applies to one-shot structured methods (e.g. minitron_width); {method.method} cannot "
+            "prune in stages here. Remove stages"
+        )
+        return
+    if (
+        not isinstance(stages, list)
+        or len(stages) < 2
+        or not all(isinstance(r, int | float) and not isinstance(r, bool) and 0 < r < 1 for r in stages)
+        or any(b <= a for a, b in zip(stages, stages[1:], strict=False))
+    ):
+        problems.append(
+            f"{where}: stages={stages!r} must list two or more increasing ratios of the parent in (0, 1), e.g. "
+            "[0.3, 0.5]"
+        )
+        return
+    if method.ratios and [float(r) for r in method.ratios] != [float(stages[-1])]:
+        problems.append(f"{where}: with stages, the arm's ratio is the last stage's ({stages[-1]}); remove ratios")
+    if method.target:
+        problems.append(f"{where}: stages and target cannot be combined; give the stages' ratios only")
+    if config is None:
+        problems.append(f"{where}: stages need the parent's config to solve each stage's shape; use a local parent")
+        return
+    try:
+        shapes = stage_shapes(config, method)
+    except ValueError as err:
+        problems.append(f"{where}: a stage's ratio cannot be reached on the parent's shape: {err}")
+        return
+    for k in range(1, len(shapes)):
+        if shapes[k] == shapes[k - 1] or any(shapes[k][key] > shapes[k - 1][key] for key in shapes[k]):
+            problems.append(
+                f"{where}: stage {k + 1} (ratio {stages[k]}) gives the shape {shapes[k]}, which does not prune the "
+                f"shape of stage {k} ({shapes[k - 1]}); space the ratios further apart"
+            )
+    step = tokens_per_step(spec, [])
+    if step is not None:
+        for n in spec.retrain_tokens:
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0 and n % step == 0:
+                try:
+                    stage_split(n, step, len(stages))
+                except StudyError as err:
+                    problems.append(f"{where}: {err}")
+    try:
+        retrain_range(spec)
+    except StudyError as err:
+        problems.append(f"{where}: {err}")
+
+
+def target_tag(target: dict[str, int] | None) -> str:
+    """A target shape in an arm id, e.g. `kv5-F6528` (fields in the order given)."""
+    return "-".join(f"{SHAPE_TARGET_LABELS.get(key, key)}{value}" for key, value in (target or {}).items())
 
 
 def _check_sparse(where: str, method: MethodSpec, problems: list[str]) -> None:
@@ -835,6 +1273,34 @@ def _check_calibration(spec: StudySpec, problems: list[str]) -> None:
         Calibration(slice=spec.slices.calibration, **spec.calibration)
     except (TypeError, ValueError) as err:
         problems.append(f"calibration: {err}")
+
+
+def distill_settings(spec: StudySpec) -> dict[str, Any]:
+    """The study's `distill` over `Distillation`'s defaults (alpha 0.5, temperature 1.0, top_k null)."""
+    return {"alpha": 0.5, "temperature": 1.0, "top_k": None, **(spec.distill or {})}
+
+
+def _check_distill(spec: StudySpec, problems: list[str]) -> None:
+    """The distilled arms' settings, checked by `Distillation` itself (the teacher, the parent, is set per arm)."""
+    if not isinstance(spec.distill, dict):
+        problems.append(f"distill={spec.distill!r} must be a mapping, e.g. {{alpha: 0.5, temperature: 1.0}}")
+        return
+    for key in sorted(set(spec.distill) - set(DISTILL_KEYS)):
+        if key == "teacher":
+            problems.append(
+                "distill.teacher cannot be set: every distilled arm learns from its own parent's export. Remove it"
+            )
+            continue
+        hint = did_you_mean(key, DISTILL_KEYS, n=2, sentence=False)
+        problems.append(f"unknown key distill.{key}{f' ({hint})' if hint else ''}; allowed: {', '.join(DISTILL_KEYS)}")
+    if set(spec.distill) - set(DISTILL_KEYS):
+        return
+    from litprune.modules.distillation import Distillation
+
+    try:
+        Distillation(teacher="parent", **distill_settings(spec))
+    except (TypeError, ValueError) as err:
+        problems.append(f"distill: {err}")
 
 
 def _check_launch(launch: LaunchSpec, problems: list[str]) -> None:
