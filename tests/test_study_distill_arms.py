@@ -8,7 +8,9 @@ import copy
 from pathlib import Path
 
 import pytest
+import yaml
 from test_study_intervals import _evaluate
+from test_study_new_methods import study_in_subprocess
 from test_study_runner import _finish
 from test_study_spec import micro_study
 
@@ -17,6 +19,7 @@ from litprune.study.ledger import INHERITED_MARK, build_ledger
 from litprune.study.report import collect_rows, compare_arms, compute_readings, render_markdown
 from litprune.study.spec import StudyError, check_study, study_from_dict
 
+REPO = Path(__file__).resolve().parents[1]
 ALL_ARMS = ["S_N", "P_M-R_N", "S_M+N", "P_M-RD_N", "S_N-D"]
 DEPTH = [{"method": "minitron_depth", "ratios": [0.5]}]
 
@@ -178,5 +181,45 @@ def test_the_shipped_distillation_study_plans_every_arm(tmp_path):
     spec = load_study(REPO / "configs" / "study" / "tiny_distill.yaml")
     spec.out_dir = str(tmp_path / "out")
     arms = expand_study(spec)
-    assert {a.label for a in arms} == {"P_M", "P_M-R_N", "P_M-RD_N", "S_N", "S_N-D", "S_M+N"}
+    assert {a.label for a in arms} == {
+        "P_M",
+        "P_M-R_N",
+        "P_M-RD_N",
+        "S_N",
+        "S_N-D",
+        "S_M+N",
+        "P_M-R_N[stage1]",
+        "P_M-RD_N[stage1]",
+    }
     assert build_ledger(spec, arms, measured=False).ok
+
+
+@pytest.mark.slow
+def test_micro_study_trains_distilled_arms_and_a_two_stage_depth_method(embedded_cache, tmp_path):
+    """A real study end to end: `P_M-RD_N` and `S_N-D` next to the plain arms, and a depth method pruned in two
+    stages; every ledger check passes on the measured records, and the report lists the new arms with their rows."""
+    # The shipped tiny_distill.yaml's arms, distillation settings and staged method, on the micro study's budgets.
+    shipped = yaml.safe_load((REPO / "configs" / "study" / "tiny_distill.yaml").read_text())
+    staged = [m for m in shipped["methods"] if "stages" in m]
+    assert staged == [{"method": "minitron_depth", "stages": [0.25, 0.5]}]
+    study = micro_study(tmp_path / "out", methods=staged, arms=shipped["arms"], distill=shipped["distill"])
+    _, results = study_in_subprocess(study, tmp_path)
+    rows = {r["arm"]: r for r in results["arms"]}
+    assert all(r["finished"] for r in rows.values())
+    assert {c["status"] for c in results["ledger"]["checks"]} == {"ok"}
+    labels = {r["label"] for r in rows.values()}
+    assert {"P_M-RD_N", "S_N-D", "P_M-R_N[stage1]"} <= labels
+    # Every compared arm trained N tokens in all (a staged arm over its stages).
+    entries = {e["arm"]: e for e in results["ledger"]["entries"]}
+    for arm, row in rows.items():
+        if row["label"] in ("P_M-R_N", "P_M-RD_N", "S_N", "S_N-D"):
+            assert entries[arm]["train_tokens"] == 2048, arm
+    # The distilled arms pay the teacher's forward passes: 2 x the parent's non-embedding parameters x N.
+    parent = entries["parent"]["params_non_embedding"]
+    for arm, row in rows.items():
+        if row["label"] in ("P_M-RD_N", "S_N-D"):
+            assert entries[arm]["flops"]["teacher"] == 2 * parent * 2048, arm
+    report = (tmp_path / "out" / "report.md").read_text()
+    for arm in rows:
+        assert f"| {arm} |" in report, arm  # a ledger row for every arm
+    assert "P_M-RD_N" in report and "S_N-D" in report

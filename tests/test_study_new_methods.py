@@ -270,6 +270,17 @@ def test_shipped_studies_list_the_new_methods(tmp_path):
     assert build_ledger(paper, list(arms.values()), measured=False).ok
 
 
+def study_in_subprocess(study: dict, tmp_path: Path) -> tuple[list[str], dict]:
+    """Run `litprune study` on `study` (written to tmp_path/study.yaml) in a subprocess with 2 workers; return the
+    command (to run it again) and the study's `results.json`."""
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    command = [sys.executable, "-m", "litprune", "study", "--config", str(path), "--workers", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return command, json.loads((Path(study["out_dir"]) / "results.json").read_text())
+
+
 @pytest.mark.slow
 def test_micro_study_trains_sheared_flap_and_wanda_sp_arms(embedded_cache, tmp_path):
     """A real study: FLAP, Wanda-sp and Sheared-LLaMA arms train, the chain's ledger is measured, the report is
@@ -283,12 +294,7 @@ def test_micro_study_trains_sheared_flap_and_wanda_sp_arms(embedded_cache, tmp_p
         ],
         arms=["S_N", "P_M-R_N"],
     )
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(study, sort_keys=False))
-    command = [sys.executable, "-m", "litprune", "study", "--config", str(path), "--workers", "2"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    command, results = study_in_subprocess(study, tmp_path)
     rows = {r["arm"]: r for r in results["arms"]}
     assert all(r["finished"] for r in rows.values())
     assert {c["status"] for c in results["ledger"]["checks"]} == {"ok"}
@@ -344,12 +350,12 @@ def test_bad_stages_fail_early(tmp_path):
     message = _problems(
         tmp_path,
         [
-            {"method": "wanda", "stages": [0.3, 0.5]},
+            {"method": "sheared", "stages": [0.3, 0.5]},
             {"method": "minitron_width", "stages": [0.5, 0.3]},
             {"method": "minitron_width", "stages": [0.3, 0.5], "ratios": [0.6]},
         ],
     )
-    assert "methods[0] (wanda): stages applies to one-shot structured methods" in message
+    assert "methods[0] (sheared): stages applies to one-shot structured and sparse methods" in message
     assert "methods[1] (minitron_width): stages=[0.5, 0.3] must list two or more increasing ratios" in message
     assert "methods[2] (minitron_width): with stages, the arm's ratio is the last stage's (0.5)" in message
     short = _problems(tmp_path, [{"method": "minitron_depth", "stages": [0.25, 0.5]}], retrain_tokens=[STEP])

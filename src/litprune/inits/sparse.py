@@ -25,10 +25,18 @@ trainer:
 
 At the end of fit `HFExport` writes the export in the sparse layout of `litprune.models.sparse_checkpoint` (zeros in
 place, `sparsity_masks.safetensors`, `sparsity.json`), and `FromPretrained` of that export hands the masks back.
+
+Pruning a sparse parent (iterative pruning: a stage prunes the previous stage's export) tightens its mask: the new
+keep-mask is the method's mask of the loaded weights, and since every weight the parent pruned is exactly 0, Wanda's
+and magnitude's scores of it are 0, the lowest, so it is pruned again before any other. `ratio` is still the pruned
+fraction of each target matrix, i.e. of the original parent's prunable weights (a 0.5 prune of a 0.3-sparse export
+ends at 50% zeros, not 65%). Rather than trust the argument, `SparsePrune` checks that every new keep-mask lies
+inside the parent's (`check_tightened`) and fails otherwise, so a stage never silently revives a pruned weight.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,10 +48,11 @@ from litprune.inits.parent import check_run_data, local_config_path, parent_reco
 from litprune.inits.sparse_controls import random_init_random_mask, random_init_same_mask, reinit_surviving
 from litprune.models.loading import load_causal_lm
 from litprune.models.params import count_parameters
+from litprune.models.sparse_checkpoint import MASKS_FILE, check_zeros, load_masks
 from litprune.pruning.owl import check_layer_ratios
 from litprune.pruning.patterns import check_ratio, parse_pattern
 from litprune.pruning.sparse import METHOD_KWARGS, METHODS, needs_windows, prune_sparse
-from litprune.pruning.targets import DEFAULT_TARGETS, compile_targets
+from litprune.pruning.targets import DEFAULT_TARGETS, compile_targets, find_targets
 from litprune.utils.suggest import did_you_mean
 
 CONTROLS: dict[str, str] = {
@@ -108,8 +117,13 @@ class SparsePrune(InitStrategy):
     The controls draw from `control_seed` (the reference `reinit.py` uses seed 42). Pruning runs on the CPU, where
     the parent is loaded (`litprune prune --device cuda` prunes on a GPU, once, outside the run).
 
+    A sparse parent (a checkpoint with keep-masks, such as the export of a sparse run) is pruned further: its
+    pruned weights stay pruned and `ratio` counts them (see the module docstring); the record's
+    `parent_sparsity` is the parent's overall pruned fraction (None for a dense parent).
+
     Args:
-        parent: the dense parent: a Hugging Face checkpoint directory or a litprune export (`<run dir>/export`).
+        parent: the parent: a Hugging Face checkpoint directory or a litprune export (`<run dir>/export`); dense, or
+            sparse (its mask is tightened to `ratio`).
         method: "wanda" (default), "sparsegpt" or "magnitude".
         ratio: pruned fraction of each target matrix, in [0, 1). For an N:M pattern it must be N/M (or null).
         pattern: "unstructured" (default) or "N:M" such as "2:4" or "4:8" (N pruned in every M input columns).
@@ -135,7 +149,9 @@ class SparsePrune(InitStrategy):
             pattern, bad `owl` options (unknown keys, `lambda` outside [0, 1) or wider than the ratio allows,
             a non-positive `threshold_m`), `owl` options without `layer_ratios: owl`; and, when the parent is on
             disk, a parent that is not a Llama-layout model, a calibration window longer than its positions, or
-            `control="reinit"` with tied embeddings. All argument problems are reported together.
+            `control="reinit"` with tied embeddings. All argument problems are reported together. (build) A
+            sparse parent whose masks cover weights `targets` does not select, whose sparsity in a matrix exceeds
+            `ratio`, or whose pruned weights the new mask would keep (`check_tightened`).
     """
 
     def __init__(
@@ -250,10 +266,11 @@ class SparsePrune(InitStrategy):
         """
         parent_config = self.check_parent()
         check_run_data(self.parent, parent_config, data)
+        model = load_causal_lm(self.parent)
+        parent_masks = self._parent_masks(model)  # a sparse parent's problems are found before calibrating
         windows, provenance = None, None
         if self.needs_data:
             windows, provenance = self.calibration.draw(data, model_config=parent_config)
-        model = load_causal_lm(self.parent)
         if device is not None:
             model.to(device)
         result = prune_sparse(
@@ -268,6 +285,8 @@ class SparsePrune(InitStrategy):
             owl=self.owl,
             **self.method_kwargs,
         )
+        if parent_masks:
+            check_tightened(parent_masks, result.masks, self.parent)
         masks = self._apply_control(model, result.masks)
         model.train()  # from_pretrained returns eval mode; the run trains the model
         record = {
@@ -281,9 +300,39 @@ class SparsePrune(InitStrategy):
                 "std": CONTROL_STD if self.control != "none" else None,
             },
             "params": count_parameters(model).as_dict(),
+            "parent_sparsity": _overall_sparsity(parent_masks) if parent_masks else None,
         }
         tokens = {"calibration": self.calibration.tokens} if self.needs_data else {}
         return InitResult(model=model, record=record, masks=masks, tokens=tokens)
+
+    def _parent_masks(self, model: Any) -> dict[str, torch.Tensor]:
+        """The keep-masks of a sparse parent (empty for a dense one), checked against the pruning to come: each
+        masked weight is 0, is a target, and is no sparser than `ratio` allows."""
+        local = Path(self.parent).expanduser()
+        if not (local / MASKS_FILE).is_file():
+            return {}
+        masks = load_masks(local)
+        check_zeros(model, masks, f"SparsePrune(parent={self.parent!r})")
+        selected = {f"{name}.weight" for name in find_targets(model, self.targets)}
+        outside = sorted(set(masks) - selected)
+        if outside:
+            raise ValueError(
+                f"SparsePrune: the sparse parent {self.parent!r} masks {outside[:3]}"
+                f"{' ...' if len(outside) > 3 else ''}, which targets={self.targets!r} does not select, so their "
+                "pruned weights would not stay pruned. "
+                "Widen targets to every masked weight of the parent."
+            )
+        ratio = parse_pattern(self.pattern).resolve_ratio(self.ratio)
+        denser = {name: float((~keep).float().mean()) for name, keep in masks.items()}
+        denser = {name: value for name, value in denser.items() if value > ratio + 1e-9}
+        if denser:
+            name, value = max(denser.items(), key=lambda item: item[1])
+            raise ValueError(
+                f"SparsePrune: ratio={ratio:g} is below the sparsity of the parent {self.parent!r} ({name} is "
+                f"{value:.4f} pruned): pruning a sparse parent keeps its pruned weights, so the ratio (a fraction of "
+                f"each matrix) must be at least the parent's. Use ratio >= {value:.4f}."
+            )
+        return masks
 
     def _apply_control(self, model: Any, masks: dict) -> dict:
         if self.control == "reinit":
@@ -293,3 +342,42 @@ class SparsePrune(InitStrategy):
         if self.control == "random_fresh_mask":
             return random_init_random_mask(model, masks, seed=self.control_seed, pattern=self.pattern, std=CONTROL_STD)
         return masks
+
+
+def check_tightened(parent_masks: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], parent: str) -> None:
+    """Check that pruning a sparse parent kept every weight it had pruned: each new keep-mask lies inside the
+    parent's (`new_keep <= parent_keep` everywhere), for every parameter the parent masks.
+
+    Args:
+        parent_masks: the parent's keep-masks, parameter name -> bool tensor (True = keep).
+        masks: the new keep-masks, same names and shapes.
+        parent: the parent's path, for the message.
+
+    Raises:
+        ValueError: a parameter the parent masks has no new mask, or a new mask keeps weights the parent pruned
+            (the matrices and counts are named).
+    """
+    problems: list[str] = []
+    for name, old in parent_masks.items():
+        new = masks.get(name)
+        if new is None:
+            problems.append(f"{name} has no new mask")
+            continue
+        revived = int((new.to(old.device) & ~old).sum())
+        if revived:
+            problems.append(f"{name} keeps {revived} weight(s) the parent pruned")
+    if problems:
+        raise ValueError(
+            f"SparsePrune: the new mask does not contain the pruned weights of the sparse parent {parent!r}: "
+            + "; ".join(problems[:5])
+            + ("; ..." if len(problems) > 5 else "")
+            + ". The method did not rank the parent's zeros lowest (a tie with kept weights that are exactly 0, or "
+            "a weight update that revives them, as SparseGPT's does); prune it with wanda or magnitude, or prune "
+            "the dense parent in one shot at this ratio."
+        )
+
+
+def _overall_sparsity(masks: dict[str, torch.Tensor]) -> float:
+    """Pruned fraction over all entries of `masks`."""
+    pruned = sum(int((~keep).sum()) for keep in masks.values())
+    return pruned / sum(keep.numel() for keep in masks.values())

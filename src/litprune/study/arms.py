@@ -33,8 +33,11 @@ Learned methods (`sheared`) make `P_M-R_N` a chain of two ordinary runs, in orde
   of `<slices.retrain>_continued`.
 
 Iterative pruning (`stages: [0.3, 0.5]`) makes `P_M-R_N` a chain too: `P_M-R_N[stage1]`, ..., each
-`StructuredPrune` of the previous stage's export to its stage's shape, the last stage being `P_M-R_N`
-(`litprune.study.spec.stage_split` shares N between the stages).
+`StructuredPrune` of the previous stage's export to its stage's shape (structured), or `SparsePrune` of the previous
+stage's export at its stage's ratio, retrained under its mask with the `SparseMask` callback (sparse: the mask
+tightens stage by stage), the last stage being `P_M-R_N` (`litprune.study.spec.stage_split` shares N between the
+stages). The scratch twins are those of a one-shot prune at the last ratio: the final shape, or for a sparse method
+the one-shot mask of the parent at that ratio (id `<method>-<pattern>-<last ratio>`).
 
 In a chain, each run depends on the one before (`depends_on`) and lists the earlier ones in `chain`, so the ledger
 counts them all toward the `P_M-R_N` arm (`litprune.study.spec.sheared_split` holds Sheared-LLaMA's token rule,
@@ -323,10 +326,15 @@ def _method_arms(spec, method: MethodSpec, ratio, n: int, parent: ParentSpec, wh
     kind = method.kind
     name = _target_name(method, ratio)
     if method.stages:
-        # An iterative prune reaches the same final shape as the one-shot prune at its last ratio (same scratch
-        # twins) but is another pruned arm.
-        pruned_group = f"{method.method}-{'-'.join(f'{r:g}' for r in method.stages)}"
-        scratch_group = f"{kind}-{name}" if kind in SHARED_SCRATCH_KINDS else f"{method.method}-{name}"
+        # An iterative prune reaches the same final shape (sparse: sparsity) as the one-shot prune at its last ratio
+        # (same scratch twins) but is another pruned arm.
+        stages = "-".join(f"{r:g}" for r in method.stages)
+        if kind == "sparse":
+            sparse_name = f"{method.method}-{_pattern_tag(method.pattern)}"
+            pruned_group, scratch_group = f"{sparse_name}-{stages}", f"{sparse_name}-{name}"
+        else:
+            pruned_group = f"{method.method}-{stages}"
+            scratch_group = f"{kind}-{name}" if kind in SHARED_SCRATCH_KINDS else f"{method.method}-{name}"
     elif kind == "sparse":
         pruned_group = scratch_group = f"{method.method}-{_pattern_tag(method.pattern)}-{name}"
     elif kind in SHARED_SCRATCH_KINDS:
@@ -477,23 +485,31 @@ def _stage_runs(
     spec, method: MethodSpec, parent: ParentSpec, n: int, export, group, tag, depends, out: Path, label, distill
 ):
     """An iterative prune's `P_M-R_N` (or `P_M-RD_N`): stage k prunes the previous stage's export (the parent's for
-    the first) to the shape of `stages[k]` (a full `target` for `StructuredPrune`), then retrains on its share of N
-    (`stage_split`) and its own part of the retraining slice; the last stage is the arm."""
+    the first), then retrains on its share of N (`stage_split`) and its own part of the retraining slice; the last
+    stage is the arm. A structured stage prunes to the shape of `stages[k]` (a full `target` for `StructuredPrune`);
+    a sparse stage prunes `stages[k]` of the parent's prunable weights (`SparsePrune` keeps the previous stage's
+    zeros) and retrains under its mask (`SparseMask`)."""
     step = tokens_per_step(spec)
-    shapes = stage_shapes(parent_config(spec, parent), method)
-    tokens = stage_split(n, step, len(shapes))
-    parts = retrain_parts(spec, tokens, [f"stage{k + 1}" for k in range(len(shapes))])
+    ratios = [float(r) for r in method.stages]
+    sparse = method.kind == "sparse"
+    shapes = [None] * len(ratios) if sparse else stage_shapes(parent_config(spec, parent), method)
+    tokens = stage_split(n, step, len(ratios))
+    parts = retrain_parts(spec, tokens, [f"stage{k + 1}" for k in range(len(ratios))])
     runs: list[_Run] = []
     source, after, earlier = export, list(depends), []
-    for k, (shape, count, (slice_name, part)) in enumerate(zip(shapes, tokens, parts, strict=True)):
-        last = k == len(shapes) - 1
-        init = _pruned_init(spec, method, None, source)
-        init["init_args"]["target"] = dict(shape)
+    for k, (ratio, shape, count, (slice_name, part)) in enumerate(zip(ratios, shapes, tokens, parts, strict=True)):
+        last = k == len(ratios) - 1
+        if sparse:
+            init, callbacks = _pruned_init(spec, method, ratio, source), [_sparse_mask_callback()]
+        else:
+            init, callbacks = _pruned_init(spec, method, None, source), []
+            init["init_args"]["target"] = dict(shape)
         stage_label = label if last else f"{label}[stage{k + 1}]"
-        run = _Run(stage_label, group, init, count, True, slice_name, [], after, own_slice=part, distill=distill)
+        run = _Run(stage_label, group, init, count, True, slice_name, callbacks, after, own_slice=part, distill=distill)
         run.stage = None if last else f"stage{k + 1}"
         run.chain = list(earlier)
-        run.shape = {"ratio": None, "target": dict(shape), "convention": method.convention}
+        if not sparse:
+            run.shape = {"ratio": None, "target": dict(shape), "convention": method.convention}
         runs.append(run)
         run_id = _arm_id(group, stage_label, n, tag)
         source, after = str(out / "runs" / run_id / "export"), [run_id]

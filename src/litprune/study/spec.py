@@ -44,9 +44,16 @@ Methods come in three families:
   (`lagrangian_warmup_fraction`, `mask_lr`, `lagrangian_lr`, `seed`, ...). Its target is the width kind, so its
   `S_N` and `S_M+N` are Minitron-width's (shared when both are in the study).
 
-A one-shot structured method may prune in `stages` (e.g. `[0.3, 0.5]`): its `P_M-R_N` is then a chain of one run per
-stage, each pruning the previous stage's export to its stage's shape and retraining on an equal share of N in whole
-steps (`stage_split`).
+A one-shot structured or sparse method may prune in `stages` (e.g. `[0.3, 0.5]`): its `P_M-R_N` is then a chain of
+one run per stage, each pruning the previous stage's export and retraining on an equal share of N in whole steps
+(`stage_split`), so no model changes shape mid-run. A structured stage prunes to its ratio's shape of the parent; a
+sparse stage tightens the previous stage's mask to its ratio of the parent's prunable weights (`SparsePrune` keeps
+every weight the previous stage pruned, so a 0.5 stage after a 0.3 stage ends at exactly 50% zeros) and retrains
+under that mask. Sparse stages take the unstructured pattern and Wanda or magnitude (`SPARSE_STAGE_METHODS`): an N:M
+pattern fixes the ratio at N/M, so it has no increasing stages, and SparseGPT's weight update revives weights the
+previous stage pruned. The scratch and control arms of a staged sparse method are those of the one-shot method at
+the last stage's ratio (its mask drawn from the parent), shared with a one-shot entry at that ratio; the chain's own
+final mask is drawn from weights retrained on part of N, which a scratch arm must not inherit.
 
 A method may give an explicit `target` shape instead of ratios (e.g. FLAP's `{num_key_value_heads: 5,
 intermediate_size: 6528}`): its arms are named after the target and carry the achieved ratio.
@@ -103,6 +110,10 @@ STAGE_TARGET_KEYS: dict[str, tuple[str, ...]] = {
 }
 """The shape fields that fix a stage's shape completely, per kind: an iterative prune's stage hands them to
 `StructuredPrune` as its `target`."""
+
+SPARSE_STAGE_METHODS: tuple[str, ...] = ("wanda", "magnitude")
+"""Sparse methods that can prune in `stages`: their scores of the previous stage's zeros are 0, the lowest, so each
+stage's mask contains the previous one's (`SparsePrune` verifies it)."""
 
 SHEARED_SHAPE_OPTIONS: tuple[str, ...] = ("hidden_multiple", "mlp_multiple")
 """`ShearedPruning` arguments a study refuses: they change the solved shape, which the `S_N` twin (`ScratchTarget`)
@@ -182,9 +193,11 @@ class MethodSpec:
             pruning phase trains on, default 0.2) and `ShearedPruning`'s arguments.
         target: structured and learned only: an explicit target shape (e.g. `{num_key_value_heads: 5,
             intermediate_size: 6528}`), alone or together with `ratios` where the method's solver allows it.
-        stages: one-shot structured only: iterative pruning, e.g. `[0.3, 0.5]`: the parent is pruned to the shape of
-            each ratio in turn (ratios of the parent, increasing), each stage pruning the previous stage's export and
-            retraining on its share of N (`stage_split`); the last ratio is the arm's (leave `ratios` out).
+        stages: one-shot structured and sparse (wanda, magnitude; unstructured) only: iterative pruning, e.g.
+            `[0.3, 0.5]`: the parent is pruned to each ratio in turn (ratios of the parent, increasing), each stage
+            pruning the previous stage's export and retraining on its share of N (`stage_split`); the last ratio is
+            the arm's (leave `ratios` out). Structured stages prune to each ratio's shape; sparse stages tighten the
+            previous stage's mask to each ratio of the parent's prunable weights.
         calibration: this method's calibration, over the study's `calibration`: the windows (`nsamples`, `seqlen`,
             `seed`) and, for `minitron_depth`, the window score (`scorer`: "perplexity" or "task:<lm-eval task>",
             `scorer_fewshot`, `scorer_limit`). The windows always come from `slices.calibration` of the study's
@@ -1073,12 +1086,21 @@ def stage_shapes(config: Any, method: MethodSpec) -> list[dict[str, int]]:
 
 
 def _check_stages(spec: StudySpec, where: str, method: MethodSpec, config: Any, problems: list[str]) -> None:
-    """An iterative prune: one-shot structured methods only, increasing ratios, shapes that shrink stage by stage."""
+    """An iterative prune: one-shot structured or sparse methods only, increasing ratios; structured shapes that
+    shrink stage by stage, sparse stages of an unstructured pattern and a method whose masks nest."""
     stages = method.stages
-    if method.kind not in STAGE_TARGET_KEYS or method.learned:
+    sparse = method.kind == "sparse"
+    if (method.kind not in STAGE_TARGET_KEYS and not sparse) or method.learned:
         problems.append(
-            f"{where}: stages applies to one-shot structured methods (e.g. minitron_width); {method.method} cannot "
-            "prune in stages here. Remove stages"
+            f"{where}: stages applies to one-shot structured and sparse methods (e.g. minitron_width, wanda); "
+            f"{method.method} cannot prune in stages here. Remove stages"
+        )
+        return
+    if sparse and str(method.pattern) != "unstructured":
+        # An N:M pattern prunes exactly N/M, so its stages could not increase: refused before the ratios are read.
+        problems.append(
+            f"{where}: stages need pattern unstructured; pattern {method.pattern!r} prunes a fixed share N/M, so a "
+            "later stage cannot prune more than the first. Use pattern: unstructured, or one-shot ratios"
         )
         return
     if (
@@ -1094,8 +1116,39 @@ def _check_stages(spec: StudySpec, where: str, method: MethodSpec, config: Any, 
         return
     if method.ratios and [float(r) for r in method.ratios] != [float(stages[-1])]:
         problems.append(f"{where}: with stages, the arm's ratio is the last stage's ({stages[-1]}); remove ratios")
-    if method.target:
+    if method.target and not sparse:  # a sparse target is refused with the sparse checks
         problems.append(f"{where}: stages and target cannot be combined; give the stages' ratios only")
+    if sparse:
+        _check_sparse_stages(where, method, problems)
+    else:
+        _check_stage_shapes(where, method, config, problems)
+    step = tokens_per_step(spec, [])
+    if step is not None:
+        for n in spec.retrain_tokens:
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0 and n % step == 0:
+                try:
+                    stage_split(n, step, len(stages))
+                except StudyError as err:
+                    problems.append(f"{where}: {err}")
+    try:
+        retrain_range(spec)
+    except StudyError as err:
+        problems.append(f"{where}: {err}")
+
+
+def _check_sparse_stages(where: str, method: MethodSpec, problems: list[str]) -> None:
+    """Sparse stages: a method whose stage masks contain the previous stage's zeros."""
+    if method.method not in SPARSE_STAGE_METHODS:
+        problems.append(
+            f"{where}: {method.method} cannot prune in stages: its weight update revives weights the previous stage "
+            f"pruned, so a stage's mask need not contain the previous one's. Use one of "
+            f"{', '.join(SPARSE_STAGE_METHODS)}, or one-shot ratios"
+        )
+
+
+def _check_stage_shapes(where: str, method: MethodSpec, config: Any, problems: list[str]) -> None:
+    """Structured stages: each stage's ratio reachable on the parent's shape and pruning the previous stage's."""
+    stages = method.stages
     if config is None:
         problems.append(f"{where}: stages need the parent's config to solve each stage's shape; use a local parent")
         return
@@ -1110,18 +1163,6 @@ def _check_stages(spec: StudySpec, where: str, method: MethodSpec, config: Any, 
                 f"{where}: stage {k + 1} (ratio {stages[k]}) gives the shape {shapes[k]}, which does not prune the "
                 f"shape of stage {k} ({shapes[k - 1]}); space the ratios further apart"
             )
-    step = tokens_per_step(spec, [])
-    if step is not None:
-        for n in spec.retrain_tokens:
-            if isinstance(n, int) and not isinstance(n, bool) and n > 0 and n % step == 0:
-                try:
-                    stage_split(n, step, len(stages))
-                except StudyError as err:
-                    problems.append(f"{where}: {err}")
-    try:
-        retrain_range(spec)
-    except StudyError as err:
-        problems.append(f"{where}: {err}")
 
 
 def target_tag(target: dict[str, int] | None) -> str:
