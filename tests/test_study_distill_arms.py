@@ -173,6 +173,31 @@ def test_the_report_compares_the_distilled_arms_and_shows_flops(tmp_path):
     assert f"{row['flops_total']:.3g}" in markdown
 
 
+def test_a_staged_method_is_compared_apart_from_its_one_shot_twin(tmp_path):
+    """One-shot and staged depth share the ratio and the scratch arms, but each pruned arm is compared only with its
+    own kind: a staged `P_M-RD_N` with the staged `P_M-R_N`, never pooled with the one-shot arms as if they were
+    seeds."""
+    spec = _spec(tmp_path, methods=[*DEPTH, {"method": "minitron_depth", "stages": [0.25, 0.5]}])
+    arms = expand_study(spec)
+    write_arm_configs(arms)
+    for i, arm in enumerate(arms):
+        _finish(arm, calibration=256 if arm.label.startswith("P_M-R") else 0)
+        _evaluate(arm, [4.0 + 0.1 * (i % 5) + 0.01 * (j % 7) for j in range(64)])
+    ledger = build_ledger(spec, arms)
+    rows = collect_rows(spec, arms, ledger)
+    comparisons = compare_arms(spec, rows, arms)
+    by_key = {(c.method, c.reference, c.scratch): c for c in comparisons}
+    staged = "minitron_depth in stages 0.25-0.5"
+    assert ("minitron_depth", "P_M-RD_N", "P_M-R_N") in by_key and (staged, "P_M-RD_N", "P_M-R_N") in by_key
+    for comparison in comparisons:
+        assert len(comparison.pruned) == 1, (comparison.method, comparison.reference, comparison.scratch)
+        stage_run = "0.25-0.5" in comparison.pruned[0]["arm"]
+        assert stage_run == (comparison.method == staged)
+        for other in comparison.other:
+            if other["label"].startswith("P_M"):
+                assert other["group"] == comparison.pruned[0]["group"]
+
+
 def test_the_shipped_distillation_study_plans_every_arm(tmp_path):
     from test_study_spec import REPO
 

@@ -183,6 +183,18 @@ class Comparison:
         }
 
 
+def _stages_of(row: dict[str, Any], method: str) -> str | None:
+    """The stage ratios of a pruned arm pruned in stages (`"0.25-0.5"`, read from its group
+    `<method>[-<pattern>]-<r1>-<r2>...`), or None for a one-shot arm."""
+    suffix = row["group"].removeprefix(f"{method}-").removeprefix(f"{row['pattern']}-")
+    parts = suffix.split("-")
+    try:
+        [float(part) for part in parts]
+    except ValueError:
+        return None
+    return suffix if len(parts) > 1 else None
+
+
 def compare_arms(spec: StudySpec, rows: list[dict[str, Any]], arms: list[Arm]) -> list[Comparison]:
     """Every comparison the study defines, with paired bootstrap intervals where both sides are evaluated."""
     records = {arm.id: eval_result(arm.run_dir) for arm in arms}
@@ -192,11 +204,16 @@ def compare_arms(spec: StudySpec, rows: list[dict[str, Any]], arms: list[Arm]) -
         wanted = COMPARED[pr["label"]]
         method = pr["methods"].split(",")[0]
         name = method if pr["pattern"] in (None, "unstructured") else f"{method} {pr['pattern']}"
+        stages = _stages_of(pr, method)
+        if stages:
+            name = f"{name} in stages {stages}"
         partners = [
             r
             for r in selected
             if (r["label"] in wanted if wanted else r["label"] not in (*COMPARED, *PRUNED_LABELS))
             and r["stage"] is None  # a chain's pruning phase is part of P_M-R_N, not a scratch arm
+            # a pruned partner is the same target's (a staged P_M-R_N is not a one-shot P_M-RD_N's partner)
+            and (r["label"] not in PRUNED_LABELS or r["group"] == pr["group"])
             and r["N"] == pr["N"]
             and r["ratio"] == pr["ratio"]
             and r["parent"] == pr["parent"]
