@@ -234,6 +234,9 @@ def test_micro_study_trains_distilled_arms_and_a_two_stage_depth_method(embedded
     assert {c["status"] for c in results["ledger"]["checks"]} == {"ok"}
     labels = {r["label"] for r in rows.values()}
     assert {"P_M-RD_N", "S_N-D", "P_M-R_N[stage1]"} <= labels
+    # A staged arm's achieved ratio is of the original parent, not of the stage it pruned last.
+    final = next(r for r in rows.values() if r["label"] == "P_M-R_N" and r["stage"] is None)
+    assert final["achieved_ratio"] == pytest.approx(0.5, abs=0.05)
     # Every compared arm trained N tokens in all (a staged arm over its stages).
     entries = {e["arm"]: e for e in results["ledger"]["entries"]}
     for arm, row in rows.items():

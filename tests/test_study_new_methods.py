@@ -302,6 +302,7 @@ def test_micro_study_trains_sheared_flap_and_wanda_sp_arms(embedded_cache, tmp_p
     assert chain["train_tokens"] == 2048 and rows["sheared-0.5.P_M-R_N-prune.N2048"]["train_tokens"] == 512
     # The chain ends at the width target: the same parameters as its scratch twin.
     assert chain["params_total"] == rows["width-0.5.S_N.N2048"]["params_total"]
+    assert chain["achieved_ratio"] == pytest.approx(rows["width-0.5.S_N.N2048"]["achieved_ratio"])
     assert rows["flap-0.5.P_M-R_N.N2048"]["params_total"] == rows["flap-0.5.S_N.N2048"]["params_total"]
     report = (tmp_path / "out" / "report.md").read_text()
     for heading in ("## sheared, ratio 0.5", "## flap, ratio 0.5", "## wanda_sp, ratio 0.5"):

@@ -99,7 +99,7 @@ def collect_rows(spec: StudySpec, arms: list[Arm], ledger: Ledger | None = None)
             "flops_total": entry.flops.get("total"),
             "params_total": (run.get("parameters") or {}).get("total"),
             "params_non_embedding": (run.get("parameters") or {}).get("non_embedding"),
-            "achieved_ratio": _achieved_ratio(run.get("init") or {}),
+            "achieved_ratio": _achieved_ratio(run.get("init") or {}, arm, entry),
             "heldout_loss": heldout.get("loss"),
             "val_loss": final.get("val/loss"),
             "val_ppl": final.get("val/ppl"),
@@ -735,7 +735,14 @@ def _fmt_int(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
 
-def _achieved_ratio(init: dict[str, Any]) -> float | None:
+def _achieved_ratio(init: dict[str, Any], arm: Arm, entry: Any) -> float | None:
+    """The pruned share of the non-embedding parameters (the overall sparsity for a sparse arm), of the ORIGINAL
+    parent: the last run of a structured chain (a later stage, or continued pretraining after a learned pruning
+    phase) started from an earlier run's export, so its own record would measure against that instead."""
+    if arm.chain and arm.kind != "sparse":
+        params, parent = entry.params_non_embedding, entry.parent_params_non_embedding
+        return 1.0 - params / parent if params and parent else None
+    init = init.get("sheared") or init  # a learned method's pruning phase records under its method
     achieved = init.get("achieved_ratio") or init.get("achieved")
     if isinstance(achieved, dict):
         return achieved.get("non_embedding")
